@@ -1,0 +1,1 @@
+"""hsid: home-security intelligence daemon."""

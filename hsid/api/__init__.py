@@ -1,0 +1,1 @@
+"""The aiohttp JSON API and WebSocket relays."""

@@ -1,0 +1,172 @@
+"""The daemon: connects the stores, runs the selected stages supervised, and shuts down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from typing import Protocol
+
+import structlog
+
+from hsid import constants
+from hsid.backoff import Backoff, retry_until_available
+from hsid.broker import connect_redis
+from hsid.config import Config, SystemdEnvironment
+from hsid.db import apply_schema, create_pool
+from hsid.runtime import Runtime
+from hsid.services.health import Health, StageState
+from hsid.systemd import Notifier
+
+log = structlog.get_logger(__name__)
+
+# How long in-flight jobs get to finish after SIGTERM before they are cancelled (their
+# queue items stay in the processing list and are recovered at the next start).
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+class Stage(Protocol):
+    """A long-running part of the pipeline; `run` returns once `runtime.stopping` is set."""
+
+    async def run(self) -> None: ...
+
+
+StageFactory = Callable[[Runtime], Stage]
+
+
+def stage_groups() -> dict[str, list[tuple[str, StageFactory]]]:
+    """`--stages` names -> the stages each starts. Imported here, lazily, so a process that
+    runs only the API never loads onnxruntime or llama.cpp."""
+    return {"api": []}
+
+
+ALL_STAGE_GROUPS = ("watch", "detect", "analyze", "api", "services")
+
+
+async def supervise(name: str, factory: StageFactory, runtime: Runtime) -> None:
+    """Run one stage; on a crash log it, mark health, and restart with backoff.
+
+    Like Frigate's watchdog it gives up (state `failed`) after RESTART_MAX_CRASHES crashes
+    within RESTART_WINDOW_SECONDS: a stage that broken needs an operator, not a loop.
+    """
+    health = runtime.health
+    backoff = Backoff(constants.RESTART_BACKOFF_INITIAL_SECONDS,
+                      constants.RESTART_BACKOFF_MAX_SECONDS)
+    crashes: deque[float] = deque()
+    while not runtime.stopping.is_set():
+        health.set_stage(name, StageState.RUNNING)
+        started = time.monotonic()
+        try:
+            await factory(runtime).run()
+            error = "returned while the daemon was running"
+        except Exception as err:
+            log.exception("stage_crashed", stage=name)
+            error = f"{type(err).__name__}: {err}"
+        if runtime.stopping.is_set():
+            break
+        now = time.monotonic()
+        if now - started > constants.RESTART_WINDOW_SECONDS:
+            backoff.reset()
+        crashes.append(now)
+        while crashes and now - crashes[0] > constants.RESTART_WINDOW_SECONDS:
+            crashes.popleft()
+        if len(crashes) >= constants.RESTART_MAX_CRASHES:
+            health.set_stage(name, StageState.FAILED, error)
+            log.error("stage_given_up", stage=name, crashes=len(crashes), error=error)
+            return
+        delay = backoff.next_delay()
+        health.set_stage(name, StageState.RESTARTING, error)
+        log.warning("stage_restarting", stage=name, in_s=delay, error=error)
+        await asyncio.sleep(delay)
+    health.set_stage(name, StageState.STOPPED)
+
+
+async def _until_stopping(runtime: Runtime, awaitable: asyncio.Future | asyncio.Task) -> bool:
+    """Wait for `awaitable` unless a stop is requested first; True when it finished."""
+    stop = asyncio.ensure_future(runtime.stopping.wait())
+    done, _ = await asyncio.wait({awaitable, stop}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    if awaitable not in done:
+        awaitable.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await awaitable
+        return False
+    return True
+
+
+async def connect_stores(runtime: Runtime, stack: AsyncExitStack) -> bool:
+    """Connect PostgreSQL and Redis (waiting as long as needed) and apply the schema."""
+    config = runtime.config
+
+    async def database() -> None:
+        runtime.pool = await retry_until_available(
+            "database", lambda: create_pool(config.database))
+        stack.push_async_callback(runtime.pool.close)
+        await apply_schema(runtime.pool)
+
+    async def broker() -> None:
+        runtime.redis = await retry_until_available("redis", lambda: connect_redis(config.redis))
+        stack.push_async_callback(runtime.redis.aclose)
+
+    both = asyncio.ensure_future(asyncio.gather(database(), broker()))
+    return await _until_stopping(runtime, both)
+
+
+async def run_stages(runtime: Runtime) -> None:
+    """All selected stages in one TaskGroup until SIGTERM; then a bounded drain."""
+    groups = stage_groups()
+    selected = [(n, f) for g in sorted(runtime.stages) for n, f in groups.get(g, [])]
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(supervise(n, f, runtime), name=n) for n, f in selected]
+        await runtime.stopping.wait()
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_SECONDS)
+        for task in pending:
+            task.cancel()
+        log.info("stages_drained", finished=len(tasks) - len(pending), cancelled=len(pending))
+
+
+def install_signal_handlers(runtime: Runtime) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _request_stop, runtime, signum)
+
+
+def _request_stop(runtime: Runtime, signum: int) -> None:
+    if not runtime.stopping.is_set():
+        log.info("shutdown_requested", signal=signal.Signals(signum).name)
+    runtime.stopping.set()
+
+
+async def run_daemon(
+    config: Config, stages: frozenset[str], systemd: SystemdEnvironment | None = None
+) -> int:
+    """The whole life of `hsid run`; returns the exit status."""
+    systemd = systemd or SystemdEnvironment()
+    runtime = Runtime(config=config, stages=stages, health=Health())
+    notifier = Notifier(systemd.notify_socket)
+    install_signal_handlers(runtime)
+    log.info("hsid_starting", stages=sorted(stages))
+    # Unwinds in this order: stages drained, API closed, watchdog stopped, stores closed.
+    async with AsyncExitStack() as stores, AsyncExitStack() as front:
+        if systemd.watchdog_usec:
+            pinger = asyncio.create_task(notifier.watchdog(systemd.watchdog_usec))
+            front.callback(pinger.cancel)
+        if "api" in stages:
+            from hsid.api.server import start_api
+
+            runner = await start_api(runtime)
+            front.push_async_callback(runner.cleanup)
+        if await connect_stores(runtime, stores):
+            notifier.notify("READY=1")
+            log.info("hsid_ready")
+            await run_stages(runtime)
+        notifier.notify("STOPPING=1")
+        log.info("hsid_stopping")
+    log.info("hsid_stopped")
+    return 0

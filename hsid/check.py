@@ -1,0 +1,145 @@
+"""`hsid check`: verifies everything the daemon needs, one line per check, with a fix for each."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from hsid.broker import connect_redis
+from hsid.config import Config
+from hsid.db import create_pool
+from hsid.errors import HsidError
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+Check = Callable[[Config], Awaitable[CheckResult]]
+
+
+async def check_database(config: Config) -> CheckResult:
+    if not config.database.url:
+        return CheckResult("database", True, "no URL configured: embedded PostgreSQL is used")
+    try:
+        pool = await create_pool(config.database)
+    except HsidError as err:
+        return CheckResult("database", False, str(err),
+                           "start PostgreSQL or correct database.url / DATABASE_URL")
+    try:
+        version = await pool.fetchval("SHOW server_version")
+    finally:
+        await pool.close()
+    return CheckResult("database", True, f"PostgreSQL {version} reachable")
+
+
+async def check_redis(config: Config) -> CheckResult:
+    if not config.redis.url:
+        return CheckResult("redis", True, "no URL configured: embedded redis-server is used")
+    try:
+        client = await connect_redis(config.redis)
+    except HsidError as err:
+        return CheckResult("redis", False, str(err), "start Redis or correct redis.url / REDIS_URL")
+    try:
+        version = (await client.info("server")).get("redis_version", "?")
+    finally:
+        await client.aclose()
+    return CheckResult("redis", True, f"Redis {version} reachable")
+
+
+async def check_camera_root(config: Config) -> CheckResult:
+    root = config.paths.camera_root
+    if not root.is_dir():
+        return CheckResult("camera_root", False, f"{root} is not a directory",
+                           f"create it (mkdir -p {root}) or set paths.camera_root")
+    if not os.access(root, os.R_OK | os.X_OK):
+        return CheckResult("camera_root", False, f"{root} is not readable",
+                           "give the hsid user read access to the camera folders")
+    cameras = sum(1 for p in root.iterdir() if p.is_dir() and not p.is_symlink())
+    return CheckResult("camera_root", True, f"{root} readable, {cameras} camera folder(s)")
+
+
+async def check_state_dir(config: Config) -> CheckResult:
+    state = config.paths.state_dir
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=state):
+            pass
+    except OSError as err:
+        return CheckResult("state_dir", False, f"{state} is not writable: {err}",
+                           "create it and give the hsid user write access, or set paths.state_dir")
+    return CheckResult("state_dir", True, f"{state} writable")
+
+
+async def check_models(config: Config) -> CheckResult:
+    detector, analyzer = config.detector.model, config.analyzer.model
+    problems = []
+    if not detector:
+        problems.append("detector.model is not set")
+    elif not Path(detector).is_file():
+        problems.append(f"detector.model {detector} does not exist")
+    if analyzer and not Path(analyzer).is_file():
+        problems.append(f"analyzer.model {analyzer} does not exist")
+    if problems:
+        return CheckResult("models", False, "; ".join(problems),
+                           "run `hsid models fetch` and point the config keys at the files")
+    llm = analyzer or "none (rule-based risk scoring)"
+    return CheckResult("models", True, f"detector {detector}, analyzer {llm}")
+
+
+async def check_providers(config: Config) -> CheckResult:
+    import onnxruntime
+
+    from hsid.services.gpu import gpu_names
+
+    providers = onnxruntime.get_available_providers()
+    # onnxruntime-gpu lists its GPU providers even where no GPU exists; they only work with one.
+    usable_gpu = bool(gpu_names()) and any(
+        p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") for p in providers
+    )
+    if config.detector.require_gpu and not usable_gpu:
+        return CheckResult("onnxruntime", False, f"no usable GPU provider among {providers}",
+                           "install the NVIDIA driver, CUDA and cuDNN for onnxruntime-gpu, "
+                           "or set detector.require_gpu = false")
+    where = "GPU" if usable_gpu else "CPU (no GPU visible)"
+    return CheckResult("onnxruntime", True, f"providers {', '.join(providers)}; runs on {where}")
+
+
+async def check_gpu(config: Config) -> CheckResult:
+    from hsid.services.gpu import gpu_names
+
+    names = gpu_names()
+    if names:
+        return CheckResult("gpu", True, f"visible: {', '.join(names)}")
+    if config.detector.require_gpu:
+        return CheckResult("gpu", False, "no NVIDIA GPU visible",
+                           "install the NVIDIA driver, or set detector.require_gpu = false")
+    return CheckResult("gpu", True, "no NVIDIA GPU visible: detection and the LLM run on the CPU")
+
+
+CHECKS: tuple[Check, ...] = (
+    check_database, check_redis, check_camera_root, check_state_dir,
+    check_models, check_providers, check_gpu,
+)
+
+
+async def run_checks(config: Config, out: TextIO) -> int:
+    """Print one line per check (config was already validated to get here); 0 if all pass."""
+    out.write("OK   config: valid\n")
+    failed = 0
+    for check in CHECKS:
+        result = await check(config)
+        out.write(f"{'OK  ' if result.ok else 'FAIL'} {result.name}: {result.detail}\n")
+        if not result.ok:
+            failed += 1
+            out.write(f"     fix: {result.fix}\n")
+    out.flush()
+    return 1 if failed else 0

@@ -1,0 +1,79 @@
+"""The `hsid` command: run | init-db | check, and the operator tools beside them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from hsid.app import ALL_STAGE_GROUPS, run_daemon
+from hsid.config import Config, load_config, systemd_environment
+from hsid.errors import ConfigError, HsidError
+from hsid.logging import configure_logging
+
+log = structlog.get_logger(__name__)
+
+
+def _stages(value: str) -> frozenset[str]:
+    names = frozenset(part.strip() for part in value.split(",") if part.strip())
+    unknown = names - set(ALL_STAGE_GROUPS)
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown stage(s) {', '.join(sorted(unknown)) or '(none)'}; "
+            f"choose from {', '.join(ALL_STAGE_GROUPS)}"
+        )
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hsid", description=__doc__)
+    parser.add_argument("--config", type=Path, help="config file (default /etc/hsid/config.toml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the daemon")
+    run.add_argument("--stages", type=_stages, default=frozenset(ALL_STAGE_GROUPS),
+                     help=f"comma-separated subset of {','.join(ALL_STAGE_GROUPS)} (default all)")
+    commands.add_parser("init-db", help="apply schema.sql to the configured database")
+    commands.add_parser("check", help="check configuration, stores, folders, models and GPU")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    systemd = systemd_environment()
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        configure_logging("info", systemd.journal)
+        log.error("config_invalid", error=str(err))
+        print(f"hsid: {err}", file=sys.stderr)
+        return 2
+    configure_logging(config.logging.level, systemd.journal)
+    try:
+        if args.command == "run":
+            return asyncio.run(run_daemon(config, args.stages, systemd))
+        if args.command == "init-db":
+            return asyncio.run(_init_db(config))
+        if args.command == "check":
+            from hsid.check import run_checks
+
+            return asyncio.run(run_checks(config, sys.stdout))
+    except HsidError as err:
+        log.error("command_failed", command=args.command, error=str(err))
+        return 1
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+async def _init_db(config: Config) -> int:
+    from hsid.db import apply_schema, create_pool
+
+    pool = await create_pool(config.database)
+    try:
+        await apply_schema(pool)
+    finally:
+        await pool.close()
+    print("schema applied")
+    return 0

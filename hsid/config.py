@@ -1,0 +1,362 @@
+"""Configuration: config.toml plus environment overrides, validated once into frozen sections.
+
+Precedence, lowest first: built-in defaults, the TOML file, the reference's plain
+environment names (DATABASE_URL, REDIS_URL, ...), then `HSID_<SECTION>__<KEY>`.
+Every error names the key and the value, so start-up stops with one clear line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from hsid.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/hsid/config.toml")
+ENV_PREFIX = "HSID_"
+
+# The reference's environment names, kept so existing deployments' settings still apply.
+REFERENCE_ENV_NAMES: dict[str, tuple[str, str]] = {
+    "DATABASE_URL": ("database", "url"),
+    "REDIS_URL": ("redis", "url"),
+    "RETENTION_DAYS": ("retention", "days"),
+    "LOG_RETENTION_DAYS": ("retention", "log_days"),
+    "DEDUPE_TTL_SECONDS": ("dedupe", "ttl_seconds"),
+    "API_KEY_ENABLED": ("api", "api_key_enabled"),
+    "API_KEYS": ("api", "api_keys"),
+}
+
+COCO_DEFAULT_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "bus", "truck", "bird", "cat", "dog",
+)
+
+LOG_LEVEL_PATTERN = r"(?i)debug|info|warning|error|critical"
+
+
+def _range(lo: float | None = None, hi: float | None = None, **kw: Any) -> Any:
+    """A dataclass field whose value must lie in [lo, hi]."""
+    return field(metadata={"min": lo, "max": hi}, **kw)
+
+
+def _pattern(regex: str, hint: str, **kw: Any) -> Any:
+    return field(metadata={"pattern": regex, "hint": hint}, **kw)
+
+
+@dataclass(frozen=True, slots=True)
+class PathsConfig:
+    camera_root: Path = Path("/srv/hsid/cameras")
+    state_dir: Path = Path("/var/lib/hsid")
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    url: str = ""  # empty: embedded PostgreSQL under state_dir
+    pool_min: int = _range(1, 100, default=1)
+    pool_max: int = _range(1, 200, default=10)
+    connect_timeout_seconds: float = _range(0.1, 300, default=10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    url: str = ""  # empty: embedded redis-server under state_dir
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    host: str = "127.0.0.1"
+    port: int = _range(0, 65535, default=8000)
+    max_body_bytes: int = _range(1024, 1 << 30, default=1 << 20)
+    api_key_enabled: bool = False
+    # "name:key" or bare "key" (named key-1, key-2, ...); hashed into api_keys at start-up.
+    api_keys: tuple[str, ...] = ()
+    frontend_logs_per_minute: int = _range(1, 100_000, default=120)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = _pattern(LOG_LEVEL_PATTERN, "a log level", default="info")
+    db_level: str = _pattern(LOG_LEVEL_PATTERN, "a log level", default="info")
+    db_buffer_records: int = _range(10, 1_000_000, default=10_000)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    max_attempts: int = _range(1, 100, default=3)
+    max_length: int = _range(1, 10_000_000, default=10_000)
+    retry_base_seconds: float = _range(0.0, 3600, default=1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class WatcherConfig:
+    settle_seconds: float = _range(0.0, 600, default=1.0)
+    jpeg_settle_seconds: float = _range(0.0, 600, default=0.25)
+    give_up_seconds: float = _range(1.0, 86_400, default=600.0)
+    startup_lookback_hours: float = _range(0.0, 24 * 365, default=24.0)
+    offline_after_minutes: float = _range(0.0, 525_600, default=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class DedupeConfig:
+    ttl_seconds: int = _range(1, 31 * 86_400, default=300)
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorConfig:
+    model: str = ""  # RT-DETRv2 ONNX file
+    confidence: float = _range(0.0, 1.0, default=0.5)
+    classes: tuple[str, ...] = COCO_DEFAULT_CLASSES
+    batch_size: int = _range(1, 64, default=4)
+    require_gpu: bool = False
+    threads: int = _range(0, 256, default=0)  # 0: half the cores (the LLM gets the rest)
+    max_pixels: int = _range(1, 1 << 31, default=50_000_000)  # refuses decompression bombs
+    thumbnail_size: int = _range(16, 4096, default=320)
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyzerConfig:
+    model: str = ""  # GGUF file; empty: rule-based scoring only
+    timeout_seconds: float = _range(1.0, 3600, default=60.0)
+    n_ctx: int = _range(256, 131_072, default=4096)
+    n_gpu_layers: int = _range(-1, 1000, default=-1)
+    threads: int = _range(0, 256, default=0)  # 0: the cores the detector does not use
+    risk_medium: int = _range(0, 100, default=30)
+    risk_high: int = _range(0, 100, default=60)
+    risk_critical: int = _range(0, 100, default=85)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchConfig:
+    window_seconds: float = _range(0.1, 86_400, default=90.0)
+    idle_seconds: float = _range(0.1, 86_400, default=30.0)
+    max_detections: int = _range(1, 100_000, default=500)
+    sweep_interval_seconds: float = _range(0.05, 1.0, default=1.0)
+    fast_path_enabled: bool = True
+    fast_path_classes: tuple[str, ...] = ("person",)
+    fast_path_confidence: float = _range(0.0, 1.0, default=0.90)
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    days: int = _range(1, 36_500, default=30)
+    log_days: int = _range(1, 36_500, default=7)
+    cleanup_time: str = _pattern(r"([01]\d|2[0-3]):[0-5]\d", "HH:MM", default="03:00")
+    delete_images: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GpuConfig:
+    poll_seconds: float = _range(0.5, 3600, default=5.0)
+    status_interval_seconds: float = _range(0.5, 3600, default=5.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    paths: PathsConfig = PathsConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    redis: RedisConfig = RedisConfig()
+    api: ApiConfig = ApiConfig()
+    logging: LoggingConfig = LoggingConfig()
+    queues: QueueConfig = QueueConfig()
+    watcher: WatcherConfig = WatcherConfig()
+    dedupe: DedupeConfig = DedupeConfig()
+    detector: DetectorConfig = DetectorConfig()
+    analyzer: AnalyzerConfig = AnalyzerConfig()
+    batch: BatchConfig = BatchConfig()
+    retention: RetentionConfig = RetentionConfig()
+    gpu: GpuConfig = GpuConfig()
+
+    def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> Config:
+        """A copy with `{section: {key: value}}` applied and validated (tests, `hsid demo`)."""
+        return _apply(self, overrides, source="override")
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load the TOML file (if any), apply environment overrides, validate, freeze.
+
+    `path=None` reads /etc/hsid/config.toml when it exists. Raises ConfigError naming the
+    key and the value for unknown keys, wrong types and out-of-range values.
+    """
+    environ = os.environ if environ is None else environ
+    if path is None:
+        path = DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as err:
+            raise ConfigError(f"config file {path} does not exist") from err
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {path} is not valid TOML: {err}") from err
+    config = _apply(Config(), raw, source=str(path))
+    return _apply(config, _env_overrides(environ), source="environment")
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    overrides: dict[str, dict[str, str]] = {}
+    for name, (section, key) in REFERENCE_ENV_NAMES.items():
+        if name in environ:
+            overrides.setdefault(section, {})[key] = environ[name]
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        overrides.setdefault(section, {})[key] = value
+    return overrides
+
+
+def _apply(config: Config, raw: Mapping[str, Any], source: str) -> Config:
+    sections = {f.name: f for f in fields(Config)}
+    updated: dict[str, Any] = {}
+    for section_name, values in raw.items():
+        if section_name not in sections:
+            raise ConfigError(f"unknown config section [{section_name}] (from {source})")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"config section [{section_name}] must be a table, got {values!r}")
+        section = getattr(config, section_name)
+        updated[section_name] = _apply_section(section_name, section, values, source)
+    config = replace(config, **updated)
+    _check_cross_field(config)
+    return config
+
+
+def _apply_section(name: str, section: Any, values: Mapping[str, Any], source: str) -> Any:
+    hints = typing.get_type_hints(type(section))
+    known = {f.name: f for f in fields(section)}
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{name}.{key}"
+        if key not in known:
+            raise ConfigError(f"unknown config key {dotted} = {value!r} (from {source})")
+        parsed = _coerce(dotted, value, hints[key])
+        _check_field(dotted, parsed, known[key].metadata)
+        changes[key] = parsed
+    return replace(section, **changes)
+
+
+def _coerce(dotted: str, value: Any, hint: Any) -> Any:
+    """Turn a TOML value or an environment string into the field's type, or raise naming it."""
+    from_env = isinstance(value, str)
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"config key {dotted} = {value!r}: expected {expected}")
+
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if from_env and value.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if from_env and value.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise bad("true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_env and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+            return int(value)
+        raise bad("an integer")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if from_env:
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise bad("a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise bad("a string")
+    if hint is Path:
+        if isinstance(value, str) and value:
+            return Path(value)
+        raise bad("a path")
+    if typing.get_origin(hint) is tuple or isinstance(hint, types.GenericAlias):
+        items = _split_list(value) if from_env else value
+        if isinstance(items, list) and all(isinstance(i, str) for i in items):
+            return tuple(i for i in items if i)
+        raise bad("a list of strings")
+    raise ConfigError(f"config key {dotted}: unsupported type {hint!r}")  # a bug in this module
+
+
+def _split_list(value: str) -> Any:
+    """An environment list: a JSON array, or comma-separated words."""
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return None
+    return [part.strip() for part in text.split(",")]
+
+
+def _check_field(dotted: str, value: Any, metadata: Mapping[str, Any]) -> None:
+    lo, hi = metadata.get("min"), metadata.get("max")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"config key {dotted} = {value!r}: must be between {lo} and {hi}")
+    if (pattern := metadata.get("pattern")) and not re.fullmatch(pattern, value):
+        raise ConfigError(f"config key {dotted} = {value!r}: expected {metadata['hint']}")
+
+
+def _check_cross_field(config: Config) -> None:
+    a = config.analyzer
+    if not a.risk_medium < a.risk_high < a.risk_critical:
+        raise ConfigError(
+            "config keys analyzer.risk_medium < risk_high < risk_critical must rise, got "
+            f"{a.risk_medium}, {a.risk_high}, {a.risk_critical}"
+        )
+    if config.database.pool_min > config.database.pool_max:
+        raise ConfigError(
+            f"config key database.pool_min = {config.database.pool_min}: "
+            f"must not exceed database.pool_max = {config.database.pool_max}"
+        )
+
+
+def redacted(config: Config) -> dict[str, dict[str, Any]]:
+    """The effective configuration as plain JSON-able data, secrets replaced."""
+    out: dict[str, dict[str, Any]] = {}
+    for section_field in fields(config):
+        section = getattr(config, section_field.name)
+        values: dict[str, Any] = {}
+        for f in fields(section):
+            value = getattr(section, f.name)
+            values[f.name] = list(value) if isinstance(value, tuple) else (
+                str(value) if isinstance(value, Path) else value
+            )
+        out[section_field.name] = values
+    out["api"]["api_keys"] = ["***"] * len(config.api.api_keys)
+    for section in ("database", "redis"):
+        out[section]["url"] = _redact_url(out[section]["url"])
+    return out
+
+
+def _redact_url(url: str) -> str:
+    """Hide a password in a URL such as postgresql://user:secret@host/db."""
+    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+@dataclass(frozen=True, slots=True)
+class SystemdEnvironment:
+    """What systemd tells the process through its environment (absent when run by hand)."""
+
+    journal: bool = False  # JOURNAL_STREAM: stdout/stderr go to the journal
+    notify_socket: str | None = None  # NOTIFY_SOCKET: where sd_notify messages go
+    watchdog_usec: int | None = None  # WATCHDOG_USEC: ping at least this often
+
+
+def systemd_environment(environ: Mapping[str, str] | None = None) -> SystemdEnvironment:
+    environ = os.environ if environ is None else environ
+    usec = environ.get("WATCHDOG_USEC", "")
+    return SystemdEnvironment(
+        journal=bool(environ.get("JOURNAL_STREAM")),
+        notify_socket=environ.get("NOTIFY_SOCKET") or None,
+        watchdog_usec=int(usec) if usec.isdigit() and int(usec) > 0 else None,
+    )

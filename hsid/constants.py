@@ -1,0 +1,39 @@
+"""Redis key names, channels and fixed timings shared by the stages (names from the reference)."""
+
+# --- Queues: Redis lists of JSON items in the reference's shapes ---------------------------
+DETECTION_QUEUE = "detection_queue"
+ANALYSIS_QUEUE = "analysis_queue"
+DLQ_PREFIX = "dlq:"  # dlq:<queue name> holds jobs that failed max_attempts times
+# Per-worker in-flight list; an item sits here between take and acknowledge so a crash
+# never loses it. Recovered into its queue at start-up.
+PROCESSING_PREFIX = "processing:"  # processing:<queue>:<worker id>
+QUEUE_NAMES = (DETECTION_QUEUE, ANALYSIS_QUEUE)
+
+# --- Dedupe ----------------------------------------------------------------------------------
+DEDUPE_PREFIX = "dedupe:"  # dedupe:<sha256 of content> -> file path, TTL DEDUPE_TTL_SECONDS
+
+# --- Batch aggregation state (reference: all with a 1 h TTL) -------------------------------
+BATCH_KEY_TTL_SECONDS = 3600
+BATCH_CURRENT = "batch:{camera_id}:current"
+BATCH_CAMERA = "batch:{batch_id}:camera_id"
+BATCH_DETECTIONS = "batch:{batch_id}:detections"
+BATCH_STARTED_AT = "batch:{batch_id}:started_at"
+BATCH_LAST_ACTIVITY = "batch:{batch_id}:last_activity"
+
+# --- Pub/sub channels -------------------------------------------------------------------------
+SECURITY_EVENTS_CHANNEL = "security_events"
+SYSTEM_STATUS_CHANNEL = "system_status"
+
+# --- Singleton duties: one process in a scaled-out install holds each lock -------------------
+LOCK_PREFIX = "lock:"  # lock:<duty> -> owner id, short TTL renewed while held
+LOCK_TTL_SECONDS = 15
+
+# --- Supervision ------------------------------------------------------------------------------
+RESTART_BACKOFF_INITIAL_SECONDS = 1.0
+RESTART_BACKOFF_MAX_SECONDS = 60.0
+# Like Frigate's watchdog: a stage that dies this often this quickly is broken, not unlucky.
+RESTART_MAX_CRASHES = 10
+RESTART_WINDOW_SECONDS = 600.0
+
+# The model name whose prompt_configs row drives the risk analyzer.
+ANALYZER_PROMPT_MODEL = "nemotron"

@@ -1,0 +1,41 @@
+"""The running process's shared state: config, store connections, health, the stop signal."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from hsid.config import Config
+from hsid.errors import Unavailable
+from hsid.services.health import Health
+
+
+@dataclass
+class Runtime:
+    """Passed explicitly to whatever needs the stores; no module-level globals.
+
+    `pool` and `redis` stay None until the connect loops succeed, because the API (and its
+    health route) starts first so that operators can see what hsid is waiting for.
+    """
+
+    config: Config
+    stages: frozenset[str]
+    health: Health = field(default_factory=Health)
+    pool: asyncpg.Pool | None = None
+    redis: aioredis.Redis | None = None
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    started_at: float = field(default_factory=time.time)
+
+    def require_pool(self) -> asyncpg.Pool:
+        if self.pool is None:
+            raise Unavailable("the database is not connected yet")
+        return self.pool
+
+    def require_redis(self) -> aioredis.Redis:
+        if self.redis is None:
+            raise Unavailable("Redis is not connected yet")
+        return self.redis

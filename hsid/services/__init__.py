@@ -1,0 +1,1 @@
+"""Services beside the pipeline: health, cleanup, GPU monitor, system status."""

@@ -1,0 +1,159 @@
+"""Shared fixtures: a private PostgreSQL database and Redis database per test run, real stores.
+
+The servers are the ones running on the machine (127.0.0.1:5432 trust auth, 127.0.0.1:6379);
+HSID_TEST_PG_URL and HSID_TEST_REDIS_URL point elsewhere. Each run creates its own database,
+drops it at the end, and claims a free Redis database number, so parallel runs never meet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis as redis_sync
+import redis.asyncio as aioredis
+
+from hsid.config import Config, load_config
+from hsid.db import apply_schema, create_pool
+
+PG_ADMIN_URL = os.environ.get("HSID_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE_URL = os.environ.get("HSID_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+REDIS_CLAIM_PREFIX = "hsid-test-claim:"
+REDIS_CLAIM_TTL_SECONDS = 4 * 3600
+
+
+def _database_url(name: str) -> str:
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+async def _create_database(name: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def _drop_database(name: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A private database for this test run with schema.sql applied; dropped afterwards."""
+    name = f"hsid_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_create_database(name))
+    url = _database_url(name)
+
+    async def prepare() -> None:
+        pool = await create_pool(Config().database, url)
+        try:
+            await apply_schema(pool)
+        finally:
+            await pool.close()
+
+    asyncio.run(prepare())
+    yield url
+    asyncio.run(_drop_database(name))
+
+
+@pytest.fixture
+def fresh_database_url() -> Iterator[str]:
+    """An empty database of its own (no schema), for tests of start-up and schema.sql."""
+    name = f"hsid_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_create_database(name))
+    yield _database_url(name)
+    asyncio.run(_drop_database(name))
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis database number nobody else is using, claimed in db 0 and released afterwards."""
+    admin = redis_sync.Redis.from_url(REDIS_BASE_URL + "/0")
+    token = uuid.uuid4().hex
+    for number in range(1, 16):
+        if admin.set(f"{REDIS_CLAIM_PREFIX}{number}", token, nx=True, ex=REDIS_CLAIM_TTL_SECONDS):
+            break
+    else:
+        pytest.fail("no free Redis database number (1-15) for this test run")
+    url = f"{REDIS_BASE_URL}/{number}"
+    redis_sync.Redis.from_url(url).flushdb()
+    yield url
+    redis_sync.Redis.from_url(url).flushdb()
+    if admin.get(f"{REDIS_CLAIM_PREFIX}{number}") == token.encode():
+        admin.delete(f"{REDIS_CLAIM_PREFIX}{number}")
+
+
+TABLES = (
+    "alerts", "alert_rules", "zones", "activity_baselines", "class_baselines", "audit_logs",
+    "entities", "prompt_versions", "prompt_configs", "scene_changes", "user_calibrations",
+    "gpu_stats", "logs", "api_keys", "detections", "events", "cameras",
+)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the run's database; every table is emptied after the test."""
+    pool = await create_pool(Config().database, database_url)
+    try:
+        yield pool
+    finally:
+        await pool.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+        await pool.close()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A client on the run's Redis database, flushed before and after the test."""
+    client = aioredis.Redis.from_url(redis_url)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.flushdb()
+        await client.aclose()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def camera_root(tmp_path: Path) -> Path:
+    path = tmp_path / "cameras"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "state"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def config(database_url: str, redis_url: str, camera_root: Path, state_dir: Path) -> Config:
+    """A configuration on the test stores and folders, read the way the daemon reads it."""
+    return load_config(
+        None,
+        {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "HSID_PATHS__CAMERA_ROOT": str(camera_root),
+            "HSID_PATHS__STATE_DIR": str(state_dir),
+            "HSID_API__PORT": str(free_port()),
+        },
+    )
