@@ -1,0 +1,1 @@
+"""The pipeline stages: watcher, dedupe, detection, thumbnails, batching and analysis."""

@@ -1,0 +1,410 @@
+"""Object detection: decoding snapshots and running the RT-DETRv2 ONNX model on them."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import structlog
+
+from hsid.config import DetectorConfig
+from hsid.errors import ConfigError, PermanentError, TransientError
+
+log = structlog.get_logger(__name__)
+
+# --- The model's world ------------------------------------------------------------------------
+INPUT_SIZE = 640  # RT-DETRv2 exports take a plain 640x640 resize, no letterbox
+# The 80 COCO classes in the 0-based order RT-DETRv2 and its Hugging Face export use.
+COCO_CLASSES: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
+    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
+OFFICIAL_INTERFACE = "rtdetr"  # images + orig_target_sizes -> labels, boxes, scores
+HF_INTERFACE = "hf"  # pixel_values -> logits, pred_boxes
+CONFIDENCE_DECIMALS = 4  # float32 noise (0.949999988) must not decide a 0.95 threshold
+
+# --- Execution providers, best first -----------------------------------------------------------
+TENSORRT_PROVIDER = "TensorrtExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+GPU_PROVIDERS = frozenset({TENSORRT_PROVIDER, CUDA_PROVIDER})
+FPS_WINDOW = 32  # inference runs the rolling images-per-second figure averages over
+
+# --- Image formats --------------------------------------------------------------------------
+JPEG_MIME = "image/jpeg"
+PNG_MIME = "image/png"
+JPEG_SOI = b"\xff\xd8\xff"
+JPEG_EOI = b"\xff\xd9"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Start-of-frame markers, which carry the dimensions: C0-CF except DHT (C4), JPG (C8), DAC (CC).
+JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Markers without a length field: TEM and the restart markers.
+JPEG_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})
+# Decode big JPEGs at 1/8, 1/4 or 1/2 scale in libjpeg itself: much faster and smaller, and the
+# model only sees 640x640. The largest factor that keeps both sides >= 640 wins.
+REDUCED_DECODE_FLAGS = (
+    (8, cv2.IMREAD_REDUCED_COLOR_8),
+    (4, cv2.IMREAD_REDUCED_COLOR_4),
+    (2, cv2.IMREAD_REDUCED_COLOR_2),
+)
+# Boxes refer to the pixel grid as stored, as the reference's bbox columns and the official
+# export's pre-processing assume, so EXIF rotation is not applied.
+DECODE_FLAGS = cv2.IMREAD_IGNORE_ORIENTATION
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DecodedImage:
+    """A snapshot ready for the model, plus what thumbnails need to crop from it.
+
+    `pixels` is the decoded BGR image; after a reduced decode it is smaller than
+    `width` x `height`, the original size, which boxes are always expressed in.
+    """
+
+    tensor: np.ndarray  # float32 [3, 640, 640], RGB, 0..1
+    pixels: np.ndarray  # uint8 [h, w, 3], BGR
+    width: int
+    height: int
+    mime: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectDetection:
+    """One detected object; the box is in original pixels and lies inside the image."""
+
+    object_type: str
+    confidence: float
+    bbox_x: int
+    bbox_y: int
+    bbox_width: int
+    bbox_height: int
+
+
+def decode(data: bytes, max_pixels: int) -> DecodedImage:
+    """Decode a JPEG or PNG snapshot and pre-process it for the model; thread-safe.
+
+    The size is read from the file header and checked against `max_pixels` before any
+    pixel is decoded, so a decompression bomb costs nothing. Raises PermanentError with
+    the reason for empty data, other formats, truncated or corrupt files and absurd sizes.
+    """
+    mime, width, height = image_header(data)
+    if width * height > max_pixels:
+        raise PermanentError(
+            f"image is {width}x{height} ({width * height} pixels), over the limit of {max_pixels}"
+        )
+    # libjpeg "decodes" a cut-off upload as grey below the cut, so the marker decides. Some
+    # cameras pad the file with zero bytes after it.
+    if mime == JPEG_MIME and not data.rstrip(b"\x00").endswith(JPEG_EOI):
+        raise PermanentError("JPEG is truncated: no end-of-image marker")
+    try:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _decode_flags(width, height))
+    except cv2.error as err:
+        raise PermanentError(f"{mime} could not be decoded: {err}") from err
+    if pixels is None:
+        raise PermanentError(f"{mime} could not be decoded: corrupt or truncated data")
+    resized = cv2.resize(pixels, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
+    rgb = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+    tensor = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
+    return DecodedImage(tensor=tensor, pixels=pixels, width=width, height=height, mime=mime)
+
+
+def image_header(data: bytes) -> tuple[str, int, int]:
+    """(MIME type, width, height) from a JPEG or PNG header, without decoding pixels.
+
+    Raises PermanentError when the data is empty, not a JPEG or PNG, or its header is broken.
+    """
+    if not data:
+        raise PermanentError("image is empty (0 bytes)")
+    if data.startswith(JPEG_SOI):
+        mime, (width, height) = JPEG_MIME, _jpeg_size(data)
+    elif data.startswith(PNG_SIGNATURE):
+        mime, (width, height) = PNG_MIME, _png_size(data)
+    else:
+        raise PermanentError("not a JPEG or PNG image (unrecognised leading bytes)")
+    if width <= 0 or height <= 0:
+        raise PermanentError(f"{mime} header declares an empty image ({width}x{height})")
+    return mime, width, height
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """Walk the marker segments up to the first start-of-frame and read its dimensions."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise PermanentError(f"JPEG header is corrupt: no marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+        elif marker in JPEG_STANDALONE_MARKERS:
+            pos += 2
+        elif marker in JPEG_SOF_MARKERS and pos + 9 <= len(data):
+            height = int.from_bytes(data[pos + 5 : pos + 7], "big")
+            return int.from_bytes(data[pos + 7 : pos + 9], "big"), height
+        elif marker in (0xD9, 0xDA):  # end of image or start of scan, and still no frame
+            break
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    raise PermanentError("JPEG header has no frame (SOF) marker: truncated or corrupt")
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise PermanentError("PNG header is truncated or has no IHDR chunk")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _decode_flags(width: int, height: int) -> int:
+    for factor, flag in REDUCED_DECODE_FLAGS:
+        if width // factor >= INPUT_SIZE and height // factor >= INPUT_SIZE:
+            return flag | DECODE_FLAGS
+    return cv2.IMREAD_COLOR | DECODE_FLAGS
+
+
+class Detector:
+    """The RT-DETRv2 model: one onnxruntime session on the best provider that works.
+
+    `load()` and `infer()` block; callers run them in a thread. `infer()` is safe to call
+    from several threads at once (onnxruntime sessions are).
+    """
+
+    def __init__(self, config: DetectorConfig, cache_dir: Path) -> None:
+        self._config = config
+        self._cache_dir = cache_dir  # TensorRT engine cache
+        self._session: ort.InferenceSession | None = None
+        self._interface = ""
+        self._static_batch: int | None = None
+        self._runs: deque[tuple[int, float]] = deque(maxlen=FPS_WINDOW)
+        self._runs_lock = threading.Lock()
+
+    @property
+    def provider(self) -> str:
+        """The execution provider in use ("" before `load()`); health reports it."""
+        return self._session.get_providers()[0] if self._session else ""
+
+    @property
+    def interface(self) -> str:
+        """Which export the file is: "rtdetr" (official) or "hf"; "" before `load()`."""
+        return self._interface
+
+    @property
+    def inference_fps(self) -> float:
+        """Images per second of model time over the last FPS_WINDOW runs; 0.0 before any."""
+        with self._runs_lock:
+            images = sum(count for count, _ in self._runs)
+            seconds = sum(elapsed for _, elapsed in self._runs)
+        return images / seconds if seconds > 0 else 0.0
+
+    def load(self) -> None:
+        """Open the model on TensorRT, CUDA or CPU, whichever first works; blocking.
+
+        Raises ConfigError when the model file is missing or unusable, a configured class is
+        not a COCO class, or `require_gpu` is set and only the CPU provider came up.
+        """
+        model = Path(self._config.model)
+        if not self._config.model or not model.is_file():
+            raise ConfigError(f"detector.model: {self._config.model!r} is not a file")
+        unknown = sorted(set(self._config.classes) - set(COCO_CLASSES))
+        if unknown:
+            raise ConfigError(f"detector.classes: {unknown} are not COCO class names")
+        session = self._open_session(model)
+        provider = session.get_providers()[0]
+        if provider == CPU_PROVIDER and self._config.require_gpu:
+            raise ConfigError(_no_gpu_message())
+        self._interface = _interface_of(session)
+        self._static_batch = _static_batch(session)
+        self._session = session
+        log.info("detector_loaded", model=str(model), provider=provider,
+                 interface=self._interface, threads=_thread_count(self._config.threads))
+        if provider == CPU_PROVIDER and GPU_PROVIDERS & set(ort.get_available_providers()):
+            log.warning("detector_gpu_unavailable", provider=provider,
+                        hint="GPU providers are installed but none initialised")
+
+    def _open_session(self, model: Path) -> ort.InferenceSession:
+        """Try the provider chain, dropping the best provider each time creation fails."""
+        _preload_pip_cuda()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = _thread_count(self._config.threads)
+        options.inter_op_num_threads = 1
+        chain = _provider_chain(ort.get_available_providers(), self._cache_dir)
+        if chain[0][0] == TENSORRT_PROVIDER:
+            self._cache_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                return ort.InferenceSession(str(model), sess_options=options, providers=chain)
+            # onnxruntime's error classes derive straight from Exception.
+            except Exception as err:
+                if len(chain) == 1:
+                    raise ConfigError(f"detector.model: {model} cannot be loaded: {err}") from err
+                log.warning("detector_provider_failed", provider=chain[0][0], error=str(err))
+                chain = chain[1:]
+
+    def infer(self, images: list[DecodedImage]) -> list[list[ObjectDetection]]:
+        """Detections per image, in order, filtered by confidence and class; blocking.
+
+        Images are run in batches of at most `batch_size`. Raises TransientError when the
+        runtime fails (out of GPU memory, say) so the job is retried.
+        """
+        if self._session is None:
+            raise RuntimeError("Detector.infer() called before load()")
+        limit = self._static_batch or self._config.batch_size
+        results: list[list[ObjectDetection]] = []
+        for start in range(0, len(images), limit):
+            results.extend(self._infer_batch(self._session, images[start : start + limit]))
+        return results
+
+    def _infer_batch(
+        self, session: ort.InferenceSession, images: list[DecodedImage]
+    ) -> list[list[ObjectDetection]]:
+        tensors = [image.tensor for image in images]
+        if self._static_batch:  # a fixed-batch export: pad with blank images, drop their output
+            blank = np.zeros_like(tensors[0])
+            tensors += [blank] * (self._static_batch - len(tensors))
+        batch = np.stack(tensors)
+        started = time.perf_counter()
+        if self._interface == OFFICIAL_INTERFACE:
+            raw = _run_official(session, batch, images)
+        else:
+            raw = _run_hf(session, batch, images)
+        with self._runs_lock:
+            self._runs.append((len(images), time.perf_counter() - started))
+        return [
+            _filter(labels, boxes, scores, image, self._config)
+            for image, (labels, boxes, scores) in zip(images, raw, strict=False)
+        ]
+
+
+RawOutput = tuple[np.ndarray, np.ndarray, np.ndarray]  # labels [K], xyxy boxes [K,4], scores [K]
+
+
+def _run_official(
+    session: ort.InferenceSession, batch: np.ndarray, images: list[DecodedImage]
+) -> list[RawOutput]:
+    sizes = [(image.width, image.height) for image in images]
+    sizes += [(INPUT_SIZE, INPUT_SIZE)] * (len(batch) - len(images))
+    feeds = {"images": batch, "orig_target_sizes": np.array(sizes, dtype=np.int64)}
+    labels, boxes, scores = _run_session(session, ["labels", "boxes", "scores"], feeds)
+    return list(zip(labels, boxes, scores, strict=True))
+
+
+def _run_hf(
+    session: ort.InferenceSession, batch: np.ndarray, images: list[DecodedImage]
+) -> list[RawOutput]:
+    """Sigmoid scores, the best class per query, normalised cxcywh to original-pixel xyxy."""
+    logits, pred_boxes = _run_session(session, ["logits", "pred_boxes"], {"pixel_values": batch})
+    probs = 0.5 * (1.0 + np.tanh(0.5 * logits[: len(images)]))  # sigmoid that cannot overflow
+    raw: list[RawOutput] = []
+    for image, prob, box in zip(images, probs, pred_boxes, strict=False):
+        cx, cy, w, h = box.T * np.array([[image.width], [image.height]] * 2, dtype=np.float32)
+        xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
+        raw.append((prob.argmax(axis=-1), xyxy, prob.max(axis=-1)))
+    return raw
+
+
+def _run_session(
+    session: ort.InferenceSession, outputs: list[str], feeds: dict[str, np.ndarray]
+) -> list[np.ndarray]:
+    """Run the model, turning a runtime failure (out of GPU memory, say) into a retry."""
+    try:
+        return session.run(outputs, feeds)
+    except Exception as err:  # onnxruntime's error classes derive straight from Exception
+        provider = session.get_providers()[0]
+        raise TransientError(f"inference failed on {provider}: {err}") from err
+
+
+def _filter(
+    labels: np.ndarray, boxes: np.ndarray, scores: np.ndarray, image: DecodedImage,
+    config: DetectorConfig,
+) -> list[ObjectDetection]:
+    """Keep confident, allowed, non-empty boxes, clamped to the image; best first."""
+    found: list[ObjectDetection] = []
+    keep = scores >= config.confidence - 10**-CONFIDENCE_DECIMALS
+    for label, box, score in zip(labels[keep].tolist(), boxes[keep].tolist(),
+                                 scores[keep].tolist(), strict=True):
+        confidence = round(score, CONFIDENCE_DECIMALS)
+        if not 0 <= label < len(COCO_CLASSES) or confidence < config.confidence:
+            continue
+        name = COCO_CLASSES[label]
+        if name not in config.classes:
+            continue
+        x0, x1 = (round(min(max(v, 0.0), image.width)) for v in (box[0], box[2]))
+        y0, y1 = (round(min(max(v, 0.0), image.height)) for v in (box[1], box[3]))
+        if x1 > x0 and y1 > y0:
+            found.append(ObjectDetection(name, confidence, x0, y0, x1 - x0, y1 - y0))
+    return sorted(found, key=lambda det: det.confidence, reverse=True)
+
+
+def _interface_of(session: ort.InferenceSession) -> str:
+    inputs = {node.name for node in session.get_inputs()}
+    outputs = {node.name for node in session.get_outputs()}
+    if {"images", "orig_target_sizes"} <= inputs and {"labels", "boxes", "scores"} <= outputs:
+        return OFFICIAL_INTERFACE
+    if "pixel_values" in inputs and {"logits", "pred_boxes"} <= outputs:
+        return HF_INTERFACE
+    raise ConfigError(
+        f"detector.model: inputs {sorted(inputs)} and outputs {sorted(outputs)} match neither "
+        "the RT-DETRv2 export (images, orig_target_sizes -> labels, boxes, scores) nor the "
+        "Hugging Face one (pixel_values -> logits, pred_boxes)"
+    )
+
+
+def _static_batch(session: ort.InferenceSession) -> int | None:
+    """The batch size a fixed-shape export insists on, or None when the batch is dynamic."""
+    first = session.get_inputs()[0].shape[0]
+    return first if isinstance(first, int) and first > 0 else None
+
+
+def _provider_chain(available: list[str], cache_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    chain: list[tuple[str, dict[str, Any]]] = []
+    if TENSORRT_PROVIDER in available:
+        chain.append((TENSORRT_PROVIDER, {
+            "trt_fp16_enable": True,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache_dir),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(cache_dir),
+        }))  # fmt: skip
+    if CUDA_PROVIDER in available:
+        chain.append((CUDA_PROVIDER, {}))
+    return [*chain, (CPU_PROVIDER, {})]
+
+
+def _preload_pip_cuda() -> None:
+    """Load CUDA/cuDNN from pip's nvidia-* wheels (onnxruntime-gpu[cuda,cudnn]) when present.
+
+    onnxruntime does not look in site-packages on its own; without this a GPU install whose
+    CUDA came from pip would silently run on the CPU.
+    """
+    if importlib.util.find_spec("nvidia") is not None and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls(directory="")
+
+
+def _thread_count(configured: int) -> int:
+    """`detector.threads`, or half the cores when 0 so the LLM keeps the other half."""
+    return configured or max(1, (os.cpu_count() or 1) // 2)
+
+
+def _no_gpu_message() -> str:
+    available = ", ".join(ort.get_available_providers())
+    return (
+        "detector.require_gpu is true but no GPU execution provider is active: onnxruntime "
+        f"fell back to {CPU_PROVIDER} (installed providers: {available}). Install "
+        "onnxruntime-gpu with its CUDA and cuDNN libraries "
+        "(pip install 'onnxruntime-gpu[cuda,cudnn]'), optionally TensorRT, and check that "
+        "nvidia-smi sees the GPU; or set detector.require_gpu = false"
+    )

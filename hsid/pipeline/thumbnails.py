@@ -1,0 +1,74 @@
+"""Thumbnails: one JPEG crop per detection, stored under the state dir."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+
+from hsid.errors import InvalidInput, PermanentError
+from hsid.pipeline.detector import DecodedImage, ObjectDetection
+
+MARGIN = 0.10  # of the box's width/height, on each side: a little context around the object
+JPEG_QUALITY = 85  # small files that still show a face or a plate
+THUMBNAILS_DIR = "thumbnails"
+
+
+def make_thumbnail(image: DecodedImage, det: ObjectDetection, max_side: int) -> bytes:
+    """JPEG bytes of the detection's box plus a 10% margin, longest side at most `max_side`.
+
+    The box is in original pixels; when `image` was decoded at reduced size the crop is
+    taken from the reduced pixels at the same place. Blocking; run it in a thread.
+    """
+    rows, cols = image.pixels.shape[:2]
+    scale_x, scale_y = cols / image.width, rows / image.height
+    margin_x, margin_y = det.bbox_width * MARGIN, det.bbox_height * MARGIN
+    left = max(0, math.floor((det.bbox_x - margin_x) * scale_x))
+    top = max(0, math.floor((det.bbox_y - margin_y) * scale_y))
+    right = min(cols, math.ceil((det.bbox_x + det.bbox_width + margin_x) * scale_x))
+    bottom = min(rows, math.ceil((det.bbox_y + det.bbox_height + margin_y) * scale_y))
+    crop = image.pixels[top : max(bottom, top + 1), left : max(right, left + 1)]
+    longest = max(crop.shape[:2])
+    if longest > max_side:
+        factor = max_side / longest
+        size = (max(1, round(crop.shape[1] * factor)), max(1, round(crop.shape[0] * factor)))
+        crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+    ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise PermanentError(f"thumbnail of {crop.shape[1]}x{crop.shape[0]} could not be encoded")
+    return encoded.tobytes()
+
+
+def thumbnail_path(state_dir: Path, camera_id: str, detected_at: datetime, name: str) -> Path:
+    """`<state_dir>/thumbnails/<camera_id>/<YYYY-MM-DD>/<name>.jpg`, the date in UTC.
+
+    A naive `detected_at` is taken as UTC, as every hsid timestamp is. Raises InvalidInput
+    when `camera_id` or `name` could climb out of the thumbnails folder.
+    """
+    for field, value in (("camera_id", camera_id), ("name", name)):
+        if not value or value in (".", "..") or "/" in value or "\\" in value or "\0" in value:
+            raise InvalidInput(f"{field} {value!r} is not a plain file name", field=field)
+    if detected_at.tzinfo is not None:
+        detected_at = detected_at.astimezone(UTC)
+    day = detected_at.strftime("%Y-%m-%d")
+    return Path(state_dir) / THUMBNAILS_DIR / camera_id / day / f"{name}.jpg"
+
+
+def write_thumbnail(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (temporary file, then rename), creating folders.
+
+    A reader never sees half a thumbnail, and re-running a job just replaces the file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
