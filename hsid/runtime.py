@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -39,3 +40,10 @@ class Runtime:
         if self.redis is None:
             raise Unavailable("Redis is not connected yet")
         return self.redis
+
+
+async def pause(stopping: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to `seconds`, waking early on shutdown; True when the daemon is stopping."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), seconds)
+    return stopping.is_set()

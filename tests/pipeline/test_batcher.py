@@ -1,0 +1,117 @@
+"""Batcher: the reference's keys and TTLs, window/idle/size closing, fast path, racing sweepers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import redis.asyncio as aioredis
+
+from hsid.config import BatchConfig
+from hsid.pipeline.batcher import Batcher, NewDetection
+
+CAR = "car"
+
+
+def det(id_: int, object_type: str = CAR, confidence: float = 0.6) -> NewDetection:
+    return NewDetection(id=id_, object_type=object_type, confidence=confidence)
+
+
+async def analysis_items(redis: aioredis.Redis) -> list[dict]:
+    return [json.loads(raw) for raw in await redis.lrange("analysis_queue", 0, -1)]
+
+
+async def test_detections_join_one_batch_with_the_reference_keys_and_ttls(
+    redis: aioredis.Redis,
+) -> None:
+    batcher = Batcher(BatchConfig(), redis)
+    await batcher.add("front_door", [det(1), det(2)])
+    await batcher.add("front_door", [det(3)])
+    batch_id = (await redis.get("batch:front_door:current")).decode()
+    keys = {
+        "batch:front_door:current",
+        f"batch:{batch_id}:camera_id",
+        f"batch:{batch_id}:detections",
+        f"batch:{batch_id}:started_at",
+        f"batch:{batch_id}:last_activity",
+    }
+    assert {k.decode() for k in await redis.keys("batch:*")} == keys
+    for key in keys:
+        assert 3590 < await redis.ttl(key) <= 3600
+    assert json.loads(await redis.get(f"batch:{batch_id}:detections")) == [1, 2, 3]
+    assert (await redis.get(f"batch:{batch_id}:camera_id")).decode() == "front_door"
+    started = float(await redis.get(f"batch:{batch_id}:started_at"))
+    assert float(await redis.get(f"batch:{batch_id}:last_activity")) >= started
+    assert await analysis_items(redis) == []
+
+
+async def test_batch_closes_after_its_window(redis: aioredis.Redis) -> None:
+    batcher = Batcher(BatchConfig(window_seconds=0.4, idle_seconds=60), redis)
+    await batcher.add("yard", [det(1)])
+    for id_ in (2, 3):  # activity keeps the idle timer from firing
+        await asyncio.sleep(0.15)
+        await batcher.add("yard", [det(id_)])
+        assert await batcher.sweep() == 0
+    await asyncio.sleep(0.15)
+    assert await batcher.sweep() == 1
+    [item] = await analysis_items(redis)
+    assert set(item) == {"batch_id", "camera_id", "detection_ids"}
+    assert item["camera_id"] == "yard"
+    assert item["detection_ids"] == [1, 2, 3]
+    assert await redis.keys("batch:*") == []
+
+
+async def test_batch_closes_after_idle_time(redis: aioredis.Redis) -> None:
+    batcher = Batcher(BatchConfig(window_seconds=60, idle_seconds=0.2), redis)
+    await batcher.add("yard", [det(7)])
+    assert await batcher.sweep() == 0
+    await asyncio.sleep(0.25)
+    assert await batcher.sweep() == 1
+    assert [i["detection_ids"] for i in await analysis_items(redis)] == [[7]]
+
+
+async def test_batch_closes_at_max_size_and_the_next_detection_opens_a_new_one(
+    redis: aioredis.Redis,
+) -> None:
+    batcher = Batcher(BatchConfig(max_detections=3), redis)
+    await batcher.add("drive", [det(1), det(2)])
+    await batcher.add("drive", [det(3)])
+    assert [i["detection_ids"] for i in await analysis_items(redis)] == [[1, 2, 3]]
+    await batcher.add("drive", [det(4)])
+    batch_id = (await redis.get("batch:drive:current")).decode()
+    assert json.loads(await redis.get(f"batch:{batch_id}:detections")) == [4]
+
+
+async def test_fast_path_detection_is_analysed_alone_and_at_once(redis: aioredis.Redis) -> None:
+    batcher = Batcher(BatchConfig(), redis)
+    await batcher.add("porch", [det(1, "person", 0.95), det(2, CAR, 0.6), det(3, "person", 0.5)])
+    [item] = await analysis_items(redis)
+    assert item["detection_ids"] == [1]
+    batch_id = (await redis.get("batch:porch:current")).decode()
+    assert json.loads(await redis.get(f"batch:{batch_id}:detections")) == [2, 3]
+    assert item["batch_id"] != batch_id
+
+
+async def test_fast_path_can_be_switched_off(redis: aioredis.Redis) -> None:
+    batcher = Batcher(BatchConfig(fast_path_enabled=False), redis)
+    await batcher.add("porch", [det(1, "person", 0.99)])
+    assert await analysis_items(redis) == []
+    assert await redis.get("batch:porch:current") is not None
+
+
+async def test_nothing_detected_opens_no_batch(redis: aioredis.Redis) -> None:
+    await Batcher(BatchConfig(), redis).add("porch", [])
+    assert await redis.keys("batch:*") == []
+
+
+async def test_racing_sweepers_close_each_batch_exactly_once(redis: aioredis.Redis) -> None:
+    config = BatchConfig(window_seconds=60, idle_seconds=0.1)
+    first, second = Batcher(config, redis), Batcher(config, redis)
+    for n in range(20):
+        await first.add(f"cam{n}", [det(n)])
+    await asyncio.sleep(0.15)
+    closed = await asyncio.gather(first.sweep(), second.sweep(), first.sweep())
+    assert sum(closed) == 20
+    items = await analysis_items(redis)
+    assert sorted(i["detection_ids"][0] for i in items) == list(range(20))
+    assert len({i["batch_id"] for i in items}) == 20
