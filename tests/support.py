@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +39,17 @@ def http_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
         return err.code, json.loads(err.read() or b"null")
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return 0, None
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], within: float = 10.0) -> T:
+    """Await `probe()` until it returns something truthy; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await probe()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"condition not met within {within} s"
+        await asyncio.sleep(0.05)
 
 
 class Daemon:
@@ -69,6 +81,6 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            raise AssertionError(f"daemon did not exit within {timeout} s:\n{self.output()}")
+            raise AssertionError(f"daemon did not exit within {timeout} s:\n{self.output()}") from None
         finally:
             self._log.close()

@@ -55,7 +55,7 @@ def test_daemon_notifies_systemd_serves_health_and_stops_on_sigterm(
                      NOTIFY_SOCKET=notify_socket.getsockname(), WATCHDOG_USEC="400000")
     daemon = Daemon(env, ["run", "--stages", "api"], tmp_path / "daemon.log")
     try:
-        status, body = wait_for(
+        _, body = wait_for(
             lambda: (r := http_json(f"http://127.0.0.1:{port}/api/system/health"))[0] == 200
             and r, timeout=20)
         assert body["database"]["status"] == "up"

@@ -1,0 +1,64 @@
+"""`hsid dlq list|requeue|clear`: the operator's view of and hand on the dead-letter queues."""
+
+from __future__ import annotations
+
+import json
+from typing import TextIO
+
+from redis.asyncio import Redis
+
+from hsid.broker import connect_redis
+from hsid.config import Config
+from hsid.constants import QUEUE_NAMES
+from hsid.errors import InvalidInput
+from hsid.queues import dlq_clear, dlq_counts, dlq_items, dlq_requeue
+
+DLQ_ACTIONS = ("list", "requeue", "clear")
+LIST_PAGE_SIZE = 100
+
+
+async def dlq_command(
+    config: Config, action: str, queue: str | None, index: int | None, out: TextIO
+) -> int:
+    """Run one DLQ action against the configured Redis, writing the result to `out`.
+
+    list: one `<queue> <count>` line per queue, then with a queue its entries as JSON lines.
+    requeue: entry `index` of `queue`, or all entries of `queue` (of every queue without one).
+    clear: every entry of `queue` (required: clearing destroys the record of the failures).
+    Returns 0. Raises InvalidInput for a bad action, queue or combination, NotFound for a bad
+    index, Unavailable when Redis cannot be reached.
+    """
+    if action not in DLQ_ACTIONS:
+        raise InvalidInput(f"unknown dlq action {action!r}; choose from {', '.join(DLQ_ACTIONS)}")
+    if queue is not None and queue not in QUEUE_NAMES:
+        raise InvalidInput(f"unknown queue {queue!r}; choose from {', '.join(QUEUE_NAMES)}",
+                           field="queue")
+    if index is not None and (action != "requeue" or queue is None):
+        raise InvalidInput("an index needs `requeue` and a queue", field="index")
+    if action == "clear" and queue is None:
+        raise InvalidInput("clear needs a queue name", field="queue")
+    redis = await connect_redis(config.redis)
+    try:
+        if action == "list":
+            await _list(redis, queue, out)
+        elif action == "requeue":
+            for name in (queue,) if queue is not None else QUEUE_NAMES:
+                count = await dlq_requeue(redis, name, index)
+                print(f"requeued {count} item(s) from dlq:{name} to {name}", file=out)
+        else:
+            print(f"cleared {await dlq_clear(redis, queue)} item(s) from dlq:{queue}", file=out)
+    finally:
+        await redis.aclose()
+    return 0
+
+
+async def _list(redis: Redis, queue: str | None, out: TextIO) -> None:
+    for name, count in (await dlq_counts(redis)).items():
+        print(f"{name} {count}", file=out)
+    if queue is None:
+        return
+    start = 0
+    while page := await dlq_items(redis, queue, start, LIST_PAGE_SIZE):
+        for entry in page:
+            print(json.dumps(entry, ensure_ascii=False), file=out)
+        start += len(page)

@@ -1,0 +1,174 @@
+"""Detect worker with the tiny model: rows, thumbnails, publishing, batching, bad files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import cv2
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+
+from hsid.config import Config
+from hsid.models.tiny_detector import write_tiny_detector
+from hsid.pipeline.batcher import Batcher
+from hsid.pipeline.detect_worker import DetectWorker
+from hsid.pipeline.detector import Detector
+from hsid.queues import ReliableQueue
+from tests.support import eventually
+
+CAMERA = "front_door"
+RED = (0, 0, 255)  # BGR
+BLUE = (255, 0, 0)
+
+
+def snapshot(path: Path, patches: list[tuple[tuple[int, int, int, int], tuple[int, int, int]]],
+             size: tuple[int, int] = (1920, 1080)) -> Path:
+    """A grey 1080p JPEG with solid patches (x0, y0, x1, y1) in the given colours."""
+    image = np.full((size[1], size[0], 3), 128, np.uint8)
+    for (x0, y0, x1, y1), colour in patches:
+        image[y0:y1, x0:x1] = colour
+    cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return path
+
+
+def item(path: Path, camera: str = CAMERA) -> dict[str, str]:
+    return {"camera_id": camera, "file_path": str(path),
+            "timestamp": datetime.now(UTC).replace(tzinfo=None).isoformat()}
+
+
+@pytest.fixture
+def worker_config(config: Config, tmp_path: Path) -> Config:
+    model = write_tiny_detector(tmp_path / "tiny.onnx")
+    return config.with_overrides({
+        "detector": {"model": str(model), "batch_size": 2},
+        "queues": {"retry_base_seconds": 0.01},
+    })
+
+
+@pytest.fixture
+async def camera(db: asyncpg.Pool, camera_root: Path) -> Path:
+    folder = camera_root / CAMERA
+    folder.mkdir()
+    await db.execute("INSERT INTO cameras (id, name, folder_path) VALUES ($1, $2, $3)",
+                     CAMERA, "Front Door", str(folder))
+    return folder
+
+
+@pytest.fixture
+async def running_worker(
+    worker_config: Config, db: asyncpg.Pool, redis: aioredis.Redis,
+) -> AsyncIterator[ReliableQueue]:
+    detector = Detector(worker_config.detector, worker_config.paths.state_dir / "engines")
+    await asyncio.to_thread(detector.load)
+    queue = ReliableQueue(redis, "detection_queue", "test-detect", worker_config.queues)
+    stopping = asyncio.Event()
+    worker = DetectWorker(worker_config, db, redis, queue, detector,
+                          Batcher(worker_config.batch, redis), stopping)
+    task = asyncio.create_task(worker.run())
+    yield queue
+    stopping.set()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_detections_are_stored_with_boxes_in_original_pixels_and_thumbnails(
+    running_worker: ReliableQueue, db: asyncpg.Pool, redis: aioredis.Redis, camera: Path,
+    worker_config: Config,
+) -> None:
+    pubsub = redis.pubsub()
+    await pubsub.subscribe("security_events")
+    image = snapshot(camera / "snap 1.jpg", [((100, 200, 300, 600), RED),
+                                             ((1200, 500, 1700, 800), BLUE)])
+    await running_worker.push(item(image))
+    rows = await eventually(lambda: db.fetch("SELECT * FROM detections ORDER BY confidence DESC"))
+    person, car = rows
+    assert (person["object_type"], person["confidence"]) == ("person", pytest.approx(0.95))
+    assert (car["object_type"], car["confidence"]) == ("car", pytest.approx(0.6))
+    for row, (x, y, w, h) in ((person, (100, 200, 200, 400)), (car, (1200, 500, 500, 300))):
+        box = (row["bbox_x"], row["bbox_y"], row["bbox_width"], row["bbox_height"])
+        assert box == pytest.approx((x, y, w, h), abs=4)
+        assert row["file_path"] == str(image)
+        assert row["file_type"] == "image/jpeg"
+        thumb = Path(row["thumbnail_path"])
+        assert thumb.is_relative_to(worker_config.paths.state_dir / "thumbnails" / CAMERA)
+        crop = cv2.imread(str(thumb))
+        assert crop is not None and max(crop.shape[:2]) <= worker_config.detector.thumbnail_size
+    message = await eventually(lambda: pubsub.get_message(ignore_subscribe_messages=True,
+                                                          timeout=0.1))
+    published = json.loads(message["data"])
+    assert published["type"] == "detection"
+    assert published["data"]["camera_id"] == CAMERA
+    assert {d["id"] for d in published["data"]["detections"]} == {person["id"], car["id"]}
+    # The person (0.95) takes the fast path; the car waits in the camera's batch.
+    [fast] = [json.loads(raw) for raw in await redis.lrange("analysis_queue", 0, -1)]
+    assert fast["detection_ids"] == [person["id"]]
+    batch_id = (await redis.get(f"batch:{CAMERA}:current")).decode()
+    assert json.loads(await redis.get(f"batch:{batch_id}:detections")) == [car["id"]]
+    await pubsub.aclose()
+
+
+async def test_a_job_processed_twice_inserts_once(
+    running_worker: ReliableQueue, db: asyncpg.Pool, redis: aioredis.Redis, camera: Path,
+) -> None:
+    image = snapshot(camera / "a.jpg", [((10, 10, 200, 200), BLUE)])
+    await running_worker.push(item(image))
+    await eventually(lambda: db.fetchval("SELECT count(*) FROM detections"))
+    await running_worker.push(item(image))
+    second = snapshot(camera / "b.jpg", [((10, 10, 200, 200), BLUE)])
+    await running_worker.push(item(second))
+    await eventually(lambda: db.fetchval(
+        "SELECT count(*) FROM detections WHERE file_path = $1", str(second)))
+    assert await db.fetchval("SELECT count(*) FROM detections WHERE file_path = $1",
+                             str(image)) == 1
+
+
+async def test_bad_images_go_to_the_dlq_with_a_reason_and_the_worker_carries_on(
+    running_worker: ReliableQueue, db: asyncpg.Pool, redis: aioredis.Redis, camera: Path,
+) -> None:
+    good = snapshot(camera / "good.jpg", [((50, 50, 400, 400), RED)])
+    truncated = camera / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    (camera / "empty.jpg").write_bytes(b"")
+    (camera / "text.jpg").write_text("this is not an image\n")
+    bomb = camera / "bomb.png"  # a PNG header declaring 30000 x 30000 pixels
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (30000).to_bytes(4, "big") * 2
+                     + b"\x08\x02\x00\x00\x00" + b"\x00" * 64)
+    bad = ["empty.jpg", "truncated.jpg", "text.jpg", "bomb.png", "missing.jpg"]
+    for name in bad:
+        await running_worker.push(item(camera / name))
+    await running_worker.push(item(good))
+    await eventually(lambda: db.fetchval("SELECT count(*) FROM detections"))
+    entries = await eventually(lambda: _dlq_when(redis, len(bad)))
+    by_file = {Path(e["original_job"]["file_path"]).name: e for e in entries}
+    assert set(by_file) == set(bad)
+    for entry in entries:
+        assert entry["queue_name"] == "detection_queue"
+        assert entry["attempt_count"] == 1  # permanent: no pointless retries
+        assert entry["error"]
+    assert "pixels" in by_file["bomb.png"]["error"]
+    assert "no longer exists" in by_file["missing.jpg"]["error"]
+
+
+async def _dlq_when(redis: aioredis.Redis, count: int) -> list[dict] | None:
+    raws = await redis.lrange("dlq:detection_queue", 0, -1)
+    return [json.loads(r) for r in raws] if len(raws) >= count else None
+
+
+async def test_failed_transaction_removes_its_thumbnails(
+    running_worker: ReliableQueue, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path,
+    worker_config: Config,
+) -> None:
+    folder = camera_root / "unregistered"  # no cameras row: the foreign key refuses the rows
+    folder.mkdir()
+    image = snapshot(folder / "x.jpg", [((50, 50, 400, 400), RED)])
+    await running_worker.push(item(image, camera="unregistered"))
+    [entry] = await eventually(lambda: _dlq_when(redis, 1))
+    assert entry["attempt_count"] == worker_config.queues.max_attempts
+    thumbs = worker_config.paths.state_dir / "thumbnails"
+    assert not thumbs.exists() or not [p for p in thumbs.rglob("*") if p.is_file()]
+    assert await db.fetchval("SELECT count(*) FROM detections") == 0
