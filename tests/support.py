@@ -81,6 +81,7 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            raise AssertionError(f"daemon did not exit within {timeout} s:\n{self.output()}") from None
+            message = f"daemon did not exit within {timeout} s:\n{self.output()}"
+            raise AssertionError(message) from None
         finally:
             self._log.close()
