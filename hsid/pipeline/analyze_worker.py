@@ -1,0 +1,174 @@
+"""Analyze worker: analysis_queue -> risk assessment (LLM or rules) -> events row -> publish.
+
+A batch id yields one event (a unique index on events.batch_id), so a job processed twice
+stores nothing new. The assessment of a batch is kept across retries of its database
+write, so a flaky database never costs a second LLM generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+import structlog
+
+from hsid import constants, metrics
+from hsid.config import Config
+from hsid.errors import PermanentError, TransientError
+from hsid.pipeline.analyzer import BatchContext, DetectionContext, RiskAssessment, RiskScorer
+from hsid.pipeline.batcher import is_fast_path
+from hsid.pipeline.detector import image_header
+from hsid.pipeline.prompts import active_settings
+from hsid.queues import Job, ReliableQueue, consume
+from hsid.services.zones import enabled_zones, zones_of_box
+
+log = structlog.get_logger(__name__)
+
+# Enough of a file to hold a JPEG's or PNG's dimensions header.
+HEADER_BYTES = 64 * 1024
+
+SELECT_EVENT_ID = "SELECT id FROM events WHERE batch_id = $1"
+SELECT_DETECTIONS = """
+SELECT id, file_path, detected_at, object_type, confidence,
+       bbox_x, bbox_y, bbox_width, bbox_height
+FROM detections WHERE id = any($1::int[]) AND camera_id = $2 ORDER BY detected_at, id
+"""
+SELECT_CAMERA_NAME = "SELECT name FROM cameras WHERE id = $1"
+INSERT_EVENT = """
+INSERT INTO events (batch_id, camera_id, started_at, ended_at, risk_score, risk_level,
+                    summary, reasoning, detection_ids, is_fast_path)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (batch_id) DO NOTHING
+RETURNING id
+"""
+
+
+def parse_item(item: dict[str, Any]) -> tuple[str, str, list[int]]:
+    """The reference's analysis_queue item, checked; PermanentError when it is not one."""
+    batch_id, camera_id = item.get("batch_id"), item.get("camera_id")
+    ids = item.get("detection_ids")
+    if not (isinstance(batch_id, str) and isinstance(camera_id, str) and isinstance(ids, list)):
+        raise PermanentError("analysis item needs batch_id, camera_id and detection_ids")
+    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise PermanentError("detection_ids must be a non-empty list of integers")
+    return batch_id, camera_id, ids
+
+
+def image_size(path: str, fallback: tuple[int, int]) -> tuple[int, int]:
+    """Blocking: the image's (width, height) from its header; `fallback` if it is unreadable."""
+    try:
+        with open(path, "rb") as file:
+            _, width, height = image_header(file.read(HEADER_BYTES))
+    except (OSError, PermanentError):
+        return fallback
+    return width, height
+
+
+def upload_age_seconds(path: str) -> float | None:
+    """Blocking: seconds since the upload finished (the file's mtime), None if it is gone."""
+    try:
+        return time.time() - os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+class AnalyzeWorker:
+    """Stage: consumes analysis_queue until `stopping` is set."""
+
+    def __init__(self, config: Config, pool: asyncpg.Pool, redis: aioredis.Redis,
+                 queue: ReliableQueue, scorer: RiskScorer, stopping: asyncio.Event) -> None:
+        self._config = config
+        self._pool = pool
+        self._redis = redis
+        self._queue = queue
+        self._scorer = scorer
+        self._stopping = stopping
+        self._assessed: dict[str, RiskAssessment] = {}
+
+    async def run(self) -> None:
+        await consume(self._queue, self._handle, self._config.queues, self._stopping)
+
+    async def _handle(self, job: Job) -> None:
+        batch_id, camera_id, ids = parse_item(job.item)
+        with structlog.contextvars.bound_contextvars(camera_id=camera_id, batch_id=batch_id):
+            try:
+                if await self._pool.fetchval(SELECT_EVENT_ID, batch_id) is not None:
+                    log.info("event_already_stored")
+                    return
+                rows = await self._pool.fetch(SELECT_DETECTIONS, ids, camera_id)
+                if not rows:
+                    raise PermanentError(f"none of detections {ids} exist any more")
+                assessment = self._assessed.get(batch_id) or await self._assess(camera_id, rows)
+                self._assessed[batch_id] = assessment
+                await self._store(batch_id, camera_id, rows, assessment)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+                raise TransientError(f"database: {err}") from err
+            self._assessed.pop(batch_id, None)
+
+    async def _assess(self, camera_id: str, rows: list[asyncpg.Record]) -> RiskAssessment:
+        name = await self._pool.fetchval(SELECT_CAMERA_NAME, camera_id) or camera_id
+        zones = await enabled_zones(self._pool, camera_id)
+        detections = []
+        for row in rows:
+            box = (row["bbox_x"] or 0, row["bbox_y"] or 0, row["bbox_width"] or 0,
+                   row["bbox_height"] or 0)
+            width, height = await asyncio.to_thread(
+                image_size, row["file_path"], (box[0] + box[2], box[1] + box[3]))
+            detections.append(DetectionContext(
+                object_type=row["object_type"] or "object", confidence=row["confidence"] or 0.0,
+                bbox=(box[0], box[1], box[0] + box[2], box[1] + box[3]),
+                image_width=width, image_height=height,
+                zones=zones_of_box(zones, box, width, height)))
+        context = BatchContext(camera_name=name, local_time=rows[0]["detected_at"].astimezone(),
+                               detections=detections)
+        started = time.perf_counter()
+        assessment = await self._scorer.assess(context, await active_settings(self._pool))
+        metrics.STAGE_LATENCY.labels("llm").observe(time.perf_counter() - started)
+        if not assessment.used_llm:
+            metrics.LLM_FALLBACKS.labels(_reason_label(assessment.fallback_reason)).inc()
+        return assessment
+
+    async def _store(self, batch_id: str, camera_id: str, rows: list[asyncpg.Record],
+                     assessment: RiskAssessment) -> None:
+        fast = len(rows) == 1 and is_fast_path(
+            self._config.batch, rows[0]["object_type"] or "", rows[0]["confidence"] or 0.0)
+        started_at, ended_at = rows[0]["detected_at"], rows[-1]["detected_at"]
+        event_id = await self._pool.fetchval(
+            INSERT_EVENT, batch_id, camera_id, started_at, ended_at, assessment.risk_score,
+            assessment.risk_level, assessment.summary, assessment.reasoning,
+            json.dumps([row["id"] for row in rows]), fast)
+        if event_id is None:
+            log.info("event_already_stored")
+            return
+        metrics.EVENTS.labels(assessment.risk_level).inc()
+        if (age := await asyncio.to_thread(upload_age_seconds, rows[0]["file_path"])) is not None:
+            metrics.STAGE_LATENCY.labels("upload_to_event").observe(age)
+        log.info("event_created", event_id=event_id, risk_score=assessment.risk_score,
+                 risk_level=assessment.risk_level, fast_path=fast, llm=assessment.used_llm)
+        await self._publish(event_id, batch_id, camera_id, started_at, assessment)
+
+    async def _publish(self, event_id: int, batch_id: str, camera_id: str,
+                       started_at: datetime, assessment: RiskAssessment) -> None:
+        message = {"type": "event", "data": {
+            "id": event_id, "event_id": event_id, "batch_id": batch_id, "camera_id": camera_id,
+            "risk_score": assessment.risk_score, "risk_level": assessment.risk_level,
+            "summary": assessment.summary,
+            "started_at": started_at.astimezone(UTC).isoformat(),
+        }}
+        await self._redis.publish(constants.SECURITY_EVENTS_CHANNEL, json.dumps(message))
+
+
+def _reason_label(reason: str | None) -> str:
+    """A low-cardinality metric label for why the rules were used."""
+    text = (reason or "").lower()
+    for label in ("deadline", "no analyzer model", "failed", "not loaded"):
+        if label in text:
+            return label.replace(" ", "_")
+    return "unavailable"
+
