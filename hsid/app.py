@@ -7,9 +7,7 @@ import contextlib
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
 from contextlib import AsyncExitStack
-from typing import Protocol
 
 import structlog
 
@@ -20,6 +18,7 @@ from hsid.config import Config, SystemdEnvironment
 from hsid.db import apply_schema, create_pool
 from hsid.runtime import Runtime
 from hsid.services.health import Health, StageState
+from hsid.stages import StageFactory, Stages, build_stages
 from hsid.systemd import Notifier
 
 log = structlog.get_logger(__name__)
@@ -27,24 +26,6 @@ log = structlog.get_logger(__name__)
 # How long in-flight jobs get to finish after SIGTERM before they are cancelled (their
 # queue items stay in the processing list and are recovered at the next start).
 SHUTDOWN_GRACE_SECONDS = 10.0
-
-
-class Stage(Protocol):
-    """A long-running part of the pipeline; `run` returns once `runtime.stopping` is set."""
-
-    async def run(self) -> None: ...
-
-
-StageFactory = Callable[[Runtime], Stage]
-
-
-def stage_groups() -> dict[str, list[tuple[str, StageFactory]]]:
-    """`--stages` names -> the stages each starts. Imported here, lazily, so a process that
-    runs only the API never loads onnxruntime or llama.cpp."""
-    return {"api": []}
-
-
-ALL_STAGE_GROUPS = ("watch", "detect", "analyze", "api", "services")
 
 
 async def supervise(name: str, factory: StageFactory, runtime: Runtime) -> None:
@@ -61,7 +42,7 @@ async def supervise(name: str, factory: StageFactory, runtime: Runtime) -> None:
         health.set_stage(name, StageState.RUNNING)
         started = time.monotonic()
         try:
-            await factory(runtime).run()
+            await factory().run()
             error = "returned while the daemon was running"
         except Exception as err:
             log.exception("stage_crashed", stage=name)
@@ -116,10 +97,8 @@ async def connect_stores(runtime: Runtime, stack: AsyncExitStack) -> bool:
     return await _until_stopping(runtime, both)
 
 
-async def run_stages(runtime: Runtime) -> None:
+async def run_stages(runtime: Runtime, selected: Stages) -> None:
     """All selected stages in one TaskGroup until SIGTERM; then a bounded drain."""
-    groups = stage_groups()
-    selected = [(n, f) for g in sorted(runtime.stages) for n, f in groups.get(g, [])]
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(supervise(n, f, runtime), name=n) for n, f in selected]
         await runtime.stopping.wait()
@@ -163,9 +142,10 @@ async def run_daemon(
             runner = await start_api(runtime)
             front.push_async_callback(runner.cleanup)
         if await connect_stores(runtime, stores):
+            selected = await build_stages(runtime)
             notifier.notify("READY=1")
-            log.info("hsid_ready")
-            await run_stages(runtime)
+            log.info("hsid_ready", stages=[name for name, _ in selected])
+            await run_stages(runtime, selected)
         notifier.notify("STOPPING=1")
         log.info("hsid_stopping")
     log.info("hsid_stopped")

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import structlog
 
-from hsid.app import ALL_STAGE_GROUPS, run_daemon
+from hsid.app import run_daemon
 from hsid.config import Config, load_config, systemd_environment
+from hsid.dlq_cli import DLQ_ACTIONS, dlq_command
 from hsid.errors import ConfigError, HsidError
 from hsid.logging import configure_logging
+from hsid.stages import ALL_STAGE_GROUPS
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"comma-separated subset of {','.join(ALL_STAGE_GROUPS)} (default all)")
     commands.add_parser("init-db", help="apply schema.sql to the configured database")
     commands.add_parser("check", help="check configuration, stores, folders, models and GPU")
+    dlq = commands.add_parser("dlq", help="list, requeue or clear dead-letter queues")
+    dlq.add_argument("action", choices=DLQ_ACTIONS)
+    dlq.add_argument("queue", nargs="?", help="detection_queue or analysis_queue")
+    dlq.add_argument("--index", type=int, help="requeue only this entry (0-based)")
+    cleanup = commands.add_parser("cleanup", help="apply the retention policy now")
+    cleanup.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    models = commands.add_parser("models", help="fetch or list model files")
+    models.add_argument("action", choices=("fetch", "list"))
+    models.add_argument("names", nargs="*", help="manifest entries to fetch (default all)")
+    models.add_argument("--dest", type=Path, help="folder (default <state_dir>/models)")
     return parser
 
 
@@ -61,10 +73,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             from hsid.check import run_checks
 
             return asyncio.run(run_checks(config, sys.stdout))
+        if args.command == "dlq":
+            return asyncio.run(dlq_command(config, args.action, args.queue, args.index,
+                                           sys.stdout))
+        if args.command == "cleanup":
+            from hsid.services.cleanup import cleanup_command
+
+            return asyncio.run(cleanup_command(config, args.dry_run, sys.stdout))
+        if args.command == "models":
+            return _models(config, args.action, args.names, args.dest)
     except HsidError as err:
         log.error("command_failed", command=args.command, error=str(err))
         return 1
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _models(config: Config, action: str, names: list[str], dest: Path | None) -> int:
+    from hsid.models.fetch import fetch_models, list_models, manifest_path
+
+    dest = dest or config.paths.state_dir / "models"
+    if action == "list":
+        configured = {"detector.model": config.detector.model,
+                      "analyzer.model": config.analyzer.model}
+        for line in list_models(manifest_path(), dest, configured):
+            print(line)
+        return 0
+    paths = asyncio.run(fetch_models(manifest_path(), dest, names or None, print))
+    for path in paths:
+        print(f"ready: {path}")
+    return 0
 
 
 async def _init_db(config: Config) -> int:

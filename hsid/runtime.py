@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -13,6 +14,9 @@ import redis.asyncio as aioredis
 from hsid.config import Config
 from hsid.errors import Unavailable
 from hsid.services.health import Health
+
+if TYPE_CHECKING:
+    from hsid.pipeline.detector import Detector
 
 
 @dataclass
@@ -30,6 +34,7 @@ class Runtime:
     redis: aioredis.Redis | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.time)
+    detector: Detector | None = None  # loaded by the detect stage; read by GPU monitor and stats
 
     def require_pool(self) -> asyncpg.Pool:
         if self.pool is None:

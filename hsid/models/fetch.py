@@ -10,6 +10,7 @@ import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,11 @@ class ModelEntry:
 
 
 # --- Manifest --------------------------------------------------------------------------------
+
+
+def manifest_path() -> Path:
+    """The manifest shipped inside the package (a link to the repository's models/)."""
+    return Path(str(resources.files("hsid.models").joinpath("manifest.toml")))
 
 
 def load_manifest(path: Path) -> list[ModelEntry]:

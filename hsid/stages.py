@@ -1,0 +1,108 @@
+"""Composition: which stages each `--stages` name runs, and how each is built.
+
+Models are loaded here, before READY=1, so that systemd only hears "ready" from a daemon
+that can actually detect and analyse; a model that cannot be used on the configured
+terms (require_gpu without a GPU) is a fatal start-up error, not a crash loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Protocol
+
+from hsid import constants
+from hsid.queues import ReliableQueue
+from hsid.runtime import Runtime
+
+
+class Stage(Protocol):
+    """A long-running part of the daemon; `run` returns once `runtime.stopping` is set."""
+
+    async def run(self) -> None: ...
+
+
+StageFactory = Callable[[], Stage]
+Stages = list[tuple[str, StageFactory]]
+
+ALL_STAGE_GROUPS = ("watch", "detect", "analyze", "api", "services")
+
+
+def worker_id(stage: str) -> str:
+    """Stable across restarts, so a restarted worker recovers its own in-flight items."""
+    return f"{socket.gethostname()}:{stage}"
+
+
+async def build_stages(runtime: Runtime) -> Stages:
+    """The stages of the selected groups, their models loaded. `api` has none: the HTTP
+    server is started before the stores connect, so health can say what hsid waits for."""
+    builders = {"watch": _watch, "detect": _detect, "analyze": _analyze,
+                "services": _services}
+    stages: Stages = []
+    for group in ALL_STAGE_GROUPS:
+        if group in runtime.stages and group in builders:
+            stages += await builders[group](runtime)
+    return stages
+
+
+def _queue(runtime: Runtime, name: str, stage: str) -> ReliableQueue:
+    return ReliableQueue(runtime.require_redis(), name, worker_id(stage),
+                         runtime.config.queues, runtime.health)
+
+
+async def _watch(runtime: Runtime) -> Stages:
+    from hsid.pipeline.watcher import Watcher
+
+    config, pool, redis = runtime.config, runtime.require_pool(), runtime.require_redis()
+    queue = _queue(runtime, constants.DETECTION_QUEUE, "watch")
+    return [("watcher", lambda: Watcher(config.paths, config.watcher, config.dedupe, pool,
+                                        redis, queue, runtime.stopping))]
+
+
+async def _detect(runtime: Runtime) -> Stages:
+    from hsid.errors import ConfigError
+    from hsid.pipeline.batcher import Batcher, BatchSweeper
+    from hsid.pipeline.detect_worker import DetectWorker
+    from hsid.pipeline.detector import Detector
+
+    config, pool, redis = runtime.config, runtime.require_pool(), runtime.require_redis()
+    if not config.detector.model:
+        raise ConfigError("detector.model is not set: point it at an RT-DETRv2 ONNX file "
+                          "(see `hsid models list`), or leave `detect` out of --stages")
+    detector = Detector(config.detector, config.paths.state_dir / "engines")
+    await asyncio.to_thread(detector.load)
+    runtime.detector = detector
+    runtime.health.info["detector"] = {"provider": detector.provider,
+                                       "model": config.detector.model,
+                                       "interface": detector.interface}
+    batcher = Batcher(config.batch, redis)
+    queue = _queue(runtime, constants.DETECTION_QUEUE, "detect")
+    return [
+        ("detector", lambda: DetectWorker(config, pool, redis, queue, detector, batcher,
+                                          runtime.stopping)),
+        ("batch_sweeper", lambda: BatchSweeper(batcher, config.batch, runtime.stopping)),
+    ]
+
+
+async def _analyze(runtime: Runtime) -> Stages:
+    from hsid.pipeline.analyze_worker import AnalyzeWorker
+    from hsid.pipeline.analyzer import RiskScorer
+    from hsid.pipeline.prompts import seed_default_prompt
+
+    config, pool, redis = runtime.config, runtime.require_pool(), runtime.require_redis()
+    await seed_default_prompt(pool)
+    scorer = RiskScorer(config.analyzer)
+    await scorer.load()
+    runtime.health.info["analyzer"] = {
+        "model": config.analyzer.model or None,
+        "mode": "llm" if scorer.unavailable_reason is None else "rules",
+        "reason": scorer.unavailable_reason,
+    }
+    queue = _queue(runtime, constants.ANALYSIS_QUEUE, "analyze")
+    return [("analyzer", lambda: AnalyzeWorker(config, pool, redis, queue, scorer,
+                                               runtime.stopping))]
+
+
+async def _services(runtime: Runtime) -> Stages:
+    return []
