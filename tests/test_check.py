@@ -1,0 +1,66 @@
+"""`hsid check` on a good and a broken configuration."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from hsid.models.tiny_detector import write_tiny_detector
+
+
+def run_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hsid", "check"], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def base_env(tmp_path: Path, database_url: str, redis_url: str) -> dict[str, str]:
+    cameras, state = tmp_path / "cameras", tmp_path / "state"
+    cameras.mkdir()
+    (cameras / "front_door").mkdir()
+    return {
+        "PATH": "/usr/bin:/bin",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "HSID_PATHS__CAMERA_ROOT": str(cameras),
+        "HSID_PATHS__STATE_DIR": str(state),
+        "HSID_DETECTOR__MODEL": str(write_tiny_detector(tmp_path / "tiny.onnx")),
+    }
+
+
+def test_check_passes_on_a_good_configuration(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    result = run_check(base_env(tmp_path, database_url, redis_url))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for name in ("config", "database", "redis", "camera_root", "state_dir", "models",
+                 "onnxruntime", "gpu"):
+        assert any(line.startswith("OK") and f" {name}:" in line for line in lines), name
+    assert "1 camera folder" in result.stdout
+
+
+def test_check_fails_and_says_how_to_fix_each_problem(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    env = base_env(tmp_path, database_url, redis_url)
+    env |= {
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "HSID_PATHS__CAMERA_ROOT": str(tmp_path / "no-such-folder"),
+        "HSID_DETECTOR__MODEL": str(tmp_path / "missing.onnx"),
+        "HSID_DETECTOR__REQUIRE_GPU": "true",
+    }
+    result = run_check(env)
+    assert result.returncode == 1
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert {line.split(":")[0].split()[1] for line in failed} >= {
+        "redis", "camera_root", "models", "onnxruntime"}
+    assert result.stdout.count("fix:") == len(failed)
+    assert any(line.startswith("OK") and " database:" in line
+               for line in result.stdout.splitlines())
+
+
+def test_check_reports_a_bad_config_value_by_name(tmp_path: Path) -> None:
+    result = run_check({"PATH": "/usr/bin:/bin", "HSID_API__PORT": "eighty"})
+    assert result.returncode == 2
+    assert "api.port = 'eighty'" in result.stderr
