@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from dataclasses import asdict, astuple, dataclass
+from typing import TypeVar
 
 import asyncpg
 import pynvml
 import structlog
+from prometheus_client import Gauge
 
 from hsid import metrics
 from hsid.config import GpuConfig
@@ -52,8 +53,8 @@ def gpu_names() -> list[str]:
     except pynvml.NVMLError:
         return []
     try:
-        count = pynvml.nvmlDeviceGetCount()
-        return [pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(count)]
+        handles = map(pynvml.nvmlDeviceGetHandleByIndex, range(pynvml.nvmlDeviceGetCount()))
+        return [pynvml.nvmlDeviceGetName(handle) for handle in handles]
     finally:
         pynvml.nvmlShutdown()
 
@@ -65,10 +66,6 @@ def _query(read: Callable[[], T]) -> T | None:
         return read()
     except pynvml.NVMLError:
         return None
-
-
-def _scaled(value: float | None, divisor: float) -> float | None:
-    return None if value is None else value / divisor
 
 
 def sample_gpu() -> GpuSample | None:
@@ -95,7 +92,7 @@ def sample_gpu() -> GpuSample | None:
             memory_used=None if memory is None else int(memory.used // MEBIBYTE),
             memory_total=None if memory is None else int(memory.total // MEBIBYTE),
             temperature=None if temperature is None else float(temperature),
-            power_usage=_scaled(power_mw, 1000.0),
+            power_usage=None if power_mw is None else power_mw / 1000.0,
         )
     finally:
         pynvml.nvmlShutdown()
@@ -115,7 +112,7 @@ def _nvml_release() -> None:
         pynvml.nvmlShutdown()
 
 
-def _set_gauge(gauge: Any, value: float | None) -> None:
+def _set_gauge(gauge: Gauge, value: float | None) -> None:
     if value is not None:
         gauge.set(value)
 
@@ -128,30 +125,35 @@ class GpuMonitor:
     """
 
     def __init__(self, config: GpuConfig, pool: asyncpg.Pool, health: Health,
-                 fps: Callable[[], float | None],
-                 stopping: asyncio.Event | None = None) -> None:
+                 fps: Callable[[], float | None], stopping: asyncio.Event | None = None,
+                 *, sampler: Callable[[], GpuSample | None] = sample_gpu) -> None:
+        """`fps` reports the detector's current throughput; `stopping` ends `run`;
+        `sampler` is the GPU (tests stand a fake GPU in for a machine without one)."""
         self._config = config
         self._pool = pool
         self._health = health
         self._fps = fps
         self._stopping = stopping or asyncio.Event()
+        self._sample = sampler
         self._store_failing = False
 
     async def run(self) -> None:
         held = await asyncio.to_thread(_nvml_hold)
         try:
-            sample = await asyncio.to_thread(sample_gpu) if held else None
+            sample = await asyncio.to_thread(self._sample)
             if sample is None:
                 log.info("gpu_monitoring_off", reason="no NVIDIA GPU: GPU monitoring off")
                 self._health.info["gpu"] = NO_GPU
                 await self._stopping.wait()
                 return
             log.info("gpu_monitoring_on", gpu=sample.gpu_name, every_s=self._config.poll_seconds)
-            while not self._stopping.is_set():
+            while True:
                 await self._record(sample)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self._config.poll_seconds)
-                sample = await asyncio.to_thread(sample_gpu)
+                if self._stopping.is_set():
+                    return
+                sample = await asyncio.to_thread(self._sample)
         finally:
             if held:
                 await asyncio.to_thread(_nvml_release)
@@ -168,7 +170,7 @@ class GpuMonitor:
         _set_gauge(metrics.GPU_TEMPERATURE, sample.temperature)
         _set_gauge(metrics.GPU_POWER, sample.power_usage)
         try:
-            await self._pool.execute(INSERT_GPU_STATS, *asdict(sample).values(), fps)
+            await self._pool.execute(INSERT_GPU_STATS, *astuple(sample), fps)
         except STORE_ERRORS as err:
             # One warning per outage, not one every few seconds.
             if not self._store_failing:
