@@ -7,6 +7,7 @@ import contextlib
 import signal
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
 import structlog
@@ -17,6 +18,7 @@ from hsid.broker import connect_redis
 from hsid.config import Config, SystemdEnvironment
 from hsid.db import apply_schema, create_pool
 from hsid.runtime import Runtime
+from hsid.services import dblog
 from hsid.services.health import Health, StageState
 from hsid.stages import StageFactory, Stages, build_stages
 from hsid.systemd import Notifier
@@ -110,6 +112,20 @@ async def run_stages(runtime: Runtime, selected: Stages) -> None:
         log.info("stages_drained", finished=len(tasks) - len(pending), cancelled=len(pending))
 
 
+def _write_logs_to_database(runtime: Runtime) -> Callable[[], Awaitable[None]]:
+    """Start copying log records into the logs table; returns the stop that writes the rest."""
+    handler = dblog.install(runtime.config.logging)
+    flusher = asyncio.create_task(handler.flush_loop(lambda: runtime.pool))
+
+    async def stop() -> None:
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        dblog.uninstall()
+
+    return stop
+
+
 def install_signal_handlers(runtime: Runtime) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -131,8 +147,9 @@ async def run_daemon(
     notifier = Notifier(systemd.notify_socket)
     install_signal_handlers(runtime)
     log.info("hsid_starting", stages=sorted(stages))
-    # Unwinds in this order: stages drained, API closed, watchdog stopped, stores closed.
+    # Unwinds in this order: stages drained, API closed, log buffer written, stores closed.
     async with AsyncExitStack() as stores, AsyncExitStack() as front:
+        front.push_async_callback(_write_logs_to_database(runtime))
         if systemd.watchdog_usec:
             pinger = asyncio.create_task(notifier.watchdog(systemd.watchdog_usec))
             front.callback(pinger.cancel)

@@ -105,4 +105,19 @@ async def _analyze(runtime: Runtime) -> Stages:
 
 
 async def _services(runtime: Runtime) -> Stages:
-    return []
+    from hsid.services.cleanup import CleanupService
+    from hsid.services.gpu import GpuMonitor
+    from hsid.services.status import StatusPublisher
+
+    config, pool, redis = runtime.config, runtime.require_pool(), runtime.require_redis()
+
+    def inference_fps() -> float | None:
+        return runtime.detector.inference_fps if runtime.detector is not None else None
+
+    return [
+        ("gpu_monitor", lambda: GpuMonitor(config.gpu, pool, runtime.health, inference_fps,
+                                           runtime.stopping)),
+        ("status_publisher", lambda: StatusPublisher(runtime)),
+        ("cleanup", lambda: CleanupService(config.retention, config.paths, pool, redis,
+                                           runtime.stopping)),
+    ]

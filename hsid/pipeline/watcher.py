@@ -1,0 +1,444 @@
+"""Watcher: notices complete images in the camera folders and queues them for detection.
+
+FTP uploads arrive in pieces, so a file is taken only once it is complete: a JPEG must end
+with its end-of-image marker and a PNG with its IEND chunk, and size and mtime must have been
+stable for the settle time (short for a finished JPEG). A file that never completes is given
+up after `give_up_seconds`. Files that arrived while hsid was down are found at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import stat
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import asyncpg
+import redis.asyncio as aioredis
+import structlog
+from watchfiles import Change, awatch
+
+from hsid.config import DedupeConfig, PathsConfig, WatcherConfig
+from hsid.errors import InvalidInput, Unavailable
+from hsid.metrics import IMAGES_DEDUPLICATED, IMAGES_RECEIVED, IMAGES_REJECTED
+from hsid.pipeline.cameras import (
+    CameraStatusMonitor,
+    ignore_reason,
+    mark_seen,
+    normalize_camera_id,
+    refusal,
+    register_camera,
+    scan_images,
+)
+from hsid.pipeline.dedupe import claim, release
+
+if TYPE_CHECKING:
+    from hsid.queues import ReliableQueue
+
+log = structlog.get_logger(__name__)
+
+CHECK_INTERVAL_SECONDS = 0.1  # pending files are looked at again this often
+STATUS_CHECK_SECONDS = 10.0  # folder-gone and offline rules; sooner for a short offline_after
+# watchfiles reports after 50 ms without new changes, or 200 ms into a burst, so a finished
+# snapshot is seen within a fraction of a second even while other cameras keep uploading.
+WATCH_STEP_MS = 50
+WATCH_DEBOUNCE_MS = 200
+TAKEN_MEMORY = 10_000  # taken files whose (size, mtime) we remember, to ignore late events
+
+JPEG_SOI, JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk, always last
+
+SELECT_PROCESSED_FILES = "SELECT file_path FROM detections WHERE file_path = any($1::text[])"
+
+
+class Completeness(StrEnum):
+    JPEG = "jpeg"  # starts like a JPEG and ends with the end-of-image marker
+    PNG = "png"  # starts like a PNG and ends with the IEND chunk
+    UNKNOWN = "unknown"  # neither by content: only stability can tell
+    INCOMPLETE = "incomplete"  # a JPEG or PNG without its end, or too short to tell
+
+
+class Verdict(Enum):
+    WAIT = "wait"
+    READY = "ready"
+    UNCHANGED = "unchanged"  # complete, but exactly as when we last took it
+    GIVE_UP = "give_up"
+    GONE = "gone"
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One look at a file: what decides whether it is still being written."""
+
+    size: int
+    mtime_ns: int
+    completeness: Completeness
+
+
+@dataclass(slots=True)
+class ChangeSet:
+    """One watchfiles batch, sorted by what each path needs."""
+
+    deleted: list[Path] = field(default_factory=list)
+    new_folders: list[Path] = field(default_factory=list)
+    candidates: list[Path] = field(default_factory=list)
+    folder_gone: bool = False  # a camera folder disappeared
+
+
+@dataclass(slots=True)
+class _Pending:
+    first_seen: float
+    stable_since: float
+    signature: tuple[int, int] | None = None
+
+
+def completeness(size: int, head: bytes, tail: bytes) -> Completeness:
+    """Judge a file by its first 8 and last 12 bytes."""
+    if head.startswith(JPEG_SOI):
+        return Completeness.JPEG if tail.endswith(JPEG_EOI) else Completeness.INCOMPLETE
+    if head.startswith(PNG_SIGNATURE):
+        return Completeness.PNG if tail.endswith(PNG_IEND) else Completeness.INCOMPLETE
+    return Completeness.INCOMPLETE if size < len(PNG_SIGNATURE) else Completeness.UNKNOWN
+
+
+def probe_file(path: Path) -> Probe | None:
+    """Size, mtime and completeness of a regular file (following links); None if it is not one.
+
+    Blocking. A file we may not read is reported as UNKNOWN, so that it settles and taking
+    it says why it was refused.
+    """
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    try:
+        # O_NONBLOCK: a FIFO swapped in under an image name must not hang the thread.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+            head = file.read(len(PNG_SIGNATURE))
+            file.seek(max(0, info.st_size - len(PNG_IEND)))
+            tail = file.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return Probe(info.st_size, info.st_mtime_ns, Completeness.UNKNOWN)
+    return Probe(info.st_size, info.st_mtime_ns, completeness(info.st_size, head, tail))
+
+
+def sort_changes(batch: set[tuple[Change, str]], root: Path) -> ChangeSet:
+    """Sort a batch of changes under `root`; blocking (it looks at each path)."""
+    changes = ChangeSet()
+    for change, raw in sorted(batch, key=lambda item: item[1]):
+        path = Path(raw)
+        if not path.is_relative_to(root) or path == root:
+            continue
+        if change is Change.deleted:
+            changes.deleted.append(path)
+            camera_folder = root / path.relative_to(root).parts[0]
+            changes.folder_gone = changes.folder_gone or not camera_folder.is_dir()
+        elif path.is_dir():
+            hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+            if change is Change.added and not hidden:
+                changes.new_folders.append(path)
+        elif (reason := ignore_reason(path, root)) is not None:
+            log.debug("file_ignored", path=raw, reason=reason)
+        else:
+            changes.candidates.append(path)
+    return changes
+
+
+def utc_timestamp() -> str:
+    """Now in UTC as the reference writes it: `2025-12-23T10:30:00.000000`."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+class SettleTracker:
+    """Decides from successive probes when a pending file is complete; pure, time passed in."""
+
+    def __init__(self, config: WatcherConfig) -> None:
+        self._config = config
+        self._pending: dict[Path, _Pending] = {}
+        self._taken: dict[Path, tuple[int, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def track(self, path: Path, now: float) -> None:
+        """Start watching `path`; a path already pending keeps its first-seen time."""
+        self._pending.setdefault(path, _Pending(first_seen=now, stable_since=now))
+
+    def discard(self, path: Path) -> None:
+        self._pending.pop(path, None)
+
+    def pending(self) -> list[Path]:
+        return list(self._pending)
+
+    def check(self, path: Path, probe: Probe, now: float) -> Verdict:
+        """The verdict for `path` after this probe; READY, UNCHANGED and GIVE_UP untrack it."""
+        entry = self._pending.get(path)
+        if entry is None:
+            return Verdict.GONE
+        signature = (probe.size, probe.mtime_ns)
+        if signature != entry.signature:
+            entry.signature, entry.stable_since = signature, now
+        settle = self._settle_seconds(probe.completeness)
+        if settle is not None and now - entry.stable_since >= settle:
+            del self._pending[path]
+            return Verdict.UNCHANGED if self._taken.get(path) == signature else Verdict.READY
+        if now - entry.first_seen >= self._config.give_up_seconds:
+            del self._pending[path]
+            return Verdict.GIVE_UP
+        return Verdict.WAIT
+
+    def remember_taken(self, path: Path, probe: Probe) -> None:
+        """Remember what was taken, so a late event for the same bytes is not a new image."""
+        self._taken.pop(path, None)
+        self._taken[path] = (probe.size, probe.mtime_ns)
+        if len(self._taken) > TAKEN_MEMORY:
+            del self._taken[next(iter(self._taken))]
+
+    def _settle_seconds(self, kind: Completeness) -> float | None:
+        if kind is Completeness.INCOMPLETE:
+            return None
+        if kind is Completeness.JPEG:
+            return self._config.jpeg_settle_seconds
+        return self._config.settle_seconds
+
+
+class Watcher:
+    """The stage that turns files in camera folders into detection_queue items."""
+
+    def __init__(
+        self,
+        paths: PathsConfig,
+        config: WatcherConfig,
+        dedupe: DedupeConfig,
+        pool: asyncpg.Pool,
+        redis: aioredis.Redis,
+        queue: ReliableQueue,
+        stopping: asyncio.Event,
+    ) -> None:
+        self._root = Path(os.path.abspath(paths.camera_root))
+        self._config = config
+        self._dedupe_ttl = dedupe.ttl_seconds
+        self._pool = pool
+        self._redis = redis
+        self._queue = queue
+        self._stopping = stopping
+        self._tracker = SettleTracker(config)
+        self._statuses = CameraStatusMonitor(pool, config.offline_after_minutes)
+        self._cameras: dict[Path, str] = {}  # registered folder -> camera id
+
+    async def run(self) -> None:
+        """Watch until `stopping` is set; pending files are left to the next start-up scan."""
+        if not await asyncio.to_thread(self._root.is_dir):
+            raise Unavailable(f"camera root {self._root} is not a folder")
+        log.info("watcher_started", camera_root=str(self._root))
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._watch_loop())
+            # One turn of the loop lets the watch task set up inotify, so that a file arriving
+            # during the start-up scan is seen by one or the other (or both: that is harmless).
+            await asyncio.sleep(0)
+            folders = await self._register_existing()
+            await self._track_existing(folders)
+            group.create_task(self._settle_loop())
+            group.create_task(self._status_loop())
+        log.info("watcher_stopped", pending=len(self._tracker))
+
+    # --- file system events -----------------------------------------------------------------
+
+    def _changes(self, force_polling: bool) -> AsyncGenerator[set[tuple[Change, str]], None]:
+        return awatch(
+            self._root, watch_filter=None, debounce=WATCH_DEBOUNCE_MS, step=WATCH_STEP_MS,
+            stop_event=self._stopping, recursive=True, force_polling=force_polling,
+        )
+
+    async def _watch_loop(self) -> None:
+        changes = self._changes(force_polling=False)
+        try:
+            batch = await anext(changes, None)
+        except OSError as err:  # no inotify here, or its watch limit is reached
+            if isinstance(err, FileNotFoundError):
+                raise
+            log.warning("watcher_polling_fallback", error=str(err))
+            changes = self._changes(force_polling=True)
+            batch = await anext(changes, None)
+        while batch is not None:
+            await self._on_changes(batch)
+            batch = await anext(changes, None)
+
+    async def _on_changes(self, batch: set[tuple[Change, str]]) -> None:
+        now = time.monotonic()
+        changes = await asyncio.to_thread(sort_changes, batch, self._root)
+        for path in changes.deleted:
+            self._tracker.discard(path)
+        for folder in changes.new_folders:
+            # Files may land in a new folder before its inotify watch exists: scan it.
+            if folder.parent == self._root:
+                await self._register_folder(folder)
+            await self._track_existing([folder])
+        for path in changes.candidates:
+            self._tracker.track(path, now)
+        if changes.folder_gone:
+            await self._statuses.check()
+
+    # --- camera folders -----------------------------------------------------------------------
+
+    async def _register_existing(self) -> list[Path]:
+        folders = await asyncio.to_thread(
+            lambda: sorted(
+                entry for entry in self._root.iterdir()
+                if entry.is_dir() and not entry.name.startswith(".")
+            )
+        )
+        for folder in folders:
+            await self._register_folder(folder)
+        return folders
+
+    async def _register_folder(self, folder: Path) -> str | None:
+        """The camera id for a folder, registering it when new; None for a refused folder."""
+        if folder in self._cameras:
+            return self._cameras[folder]
+        if await asyncio.to_thread(folder.is_symlink):
+            log.warning("camera_folder_refused", folder=str(folder), reason="symlink")
+            return None
+        try:
+            camera_id = await register_camera(self._pool, folder)
+        except InvalidInput as err:
+            log.warning("camera_folder_refused", folder=str(folder), reason=str(err))
+            return None
+        self._cameras[folder] = camera_id
+        return camera_id
+
+    async def _track_existing(self, folders: list[Path]) -> None:
+        """Track images already in `folders` that detection has not stored yet."""
+        cutoff = time.time() - self._config.startup_lookback_hours * 3600
+        found = await asyncio.to_thread(scan_images, folders, self._root, cutoff)
+        rows = await self._pool.fetch(SELECT_PROCESSED_FILES, [str(path) for path in found])
+        processed = {row["file_path"] for row in rows}
+        now = time.monotonic()
+        for path in found:
+            if str(path) not in processed:
+                self._tracker.track(path, now)
+        log.info(
+            "existing_images_scanned", folders=len(folders), found=len(found),
+            already_processed=len(processed),
+        )
+
+    # --- completion -------------------------------------------------------------------------
+
+    async def _settle_loop(self) -> None:
+        while not self._stopping.is_set():
+            await self._check_pending()
+            await self._pause(CHECK_INTERVAL_SECONDS)
+
+    async def _check_pending(self) -> None:
+        paths = self._tracker.pending()
+        if not paths:
+            return
+        probes = await asyncio.to_thread(lambda: [probe_file(path) for path in paths])
+        now = time.monotonic()
+        for path, probe in zip(paths, probes, strict=True):
+            if probe is None:
+                self._tracker.discard(path)
+                continue
+            verdict = self._tracker.check(path, probe, now)
+            if verdict is Verdict.READY:
+                await self._take(path, probe)
+            elif verdict is Verdict.GIVE_UP:
+                log.warning(
+                    "image_given_up", path=str(path), size=probe.size,
+                    reason="no_end_marker" if probe.completeness is Completeness.INCOMPLETE
+                    else "still_changing",
+                    waited_seconds=self._config.give_up_seconds,
+                )
+            if self._stopping.is_set():
+                return
+
+    async def _take(self, path: Path, probe: Probe) -> None:
+        """Refuse, dedupe, record and queue one complete image."""
+        folder = self._root / path.relative_to(self._root).parts[0]
+        reason = await asyncio.to_thread(refusal, path, self._root)
+        camera_id = None if reason else await self._register_folder(folder)
+        if camera_id is None:
+            _reject(path, folder, reason or "camera_folder_refused")
+            return
+        try:
+            digest = await claim(self._redis, path, self._dedupe_ttl)
+        except FileNotFoundError:
+            return  # deleted after it settled: nothing to process
+        except OSError as err:
+            _reject(path, folder, f"unreadable: {err.strerror}")
+            return
+        if digest is None:
+            self._tracker.remember_taken(path, probe)
+            IMAGES_DEDUPLICATED.labels(camera=camera_id).inc()
+            return
+        await self._mark_seen(folder, camera_id)
+        item = {"camera_id": camera_id, "file_path": str(path), "timestamp": utc_timestamp()}
+        if await self._push(item, digest):
+            self._tracker.remember_taken(path, probe)
+            IMAGES_RECEIVED.labels(camera=camera_id).inc()
+            log.info("image_queued", camera=camera_id, path=str(path), size=probe.size,
+                     sha256=digest)
+
+    async def _mark_seen(self, folder: Path, camera_id: str) -> None:
+        if not await mark_seen(self._pool, camera_id):
+            # The row was deleted (through the API) while its folder still receives images:
+            # register it again, as for any new folder, so the detections have their camera.
+            self._cameras.pop(folder, None)
+            await self._register_folder(folder)
+            await mark_seen(self._pool, camera_id)
+        self._statuses.image_seen(camera_id)
+
+    async def _push(self, item: dict[str, str], digest: str) -> bool:
+        """Push unless hsid stops first (the queue may be full); a push that did not happen
+        gives its dedupe claim back, so the next start-up scan takes the file."""
+        push = asyncio.create_task(self._queue.push(item))
+        stopped = asyncio.create_task(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait((push, stopped), return_when=asyncio.FIRST_COMPLETED)
+            if push in done:
+                push.result()
+                return True
+            log.info("image_push_abandoned", path=item["file_path"], reason="stopping")
+            return False
+        finally:
+            stopped.cancel()
+            if not push.done() or push.cancelled() or push.exception() is not None:
+                push.cancel()
+                await asyncio.shield(release(self._redis, digest))
+
+    # --- camera status ------------------------------------------------------------------------
+
+    async def _status_loop(self) -> None:
+        """The folder-gone and no-upload rules, checked sooner when offline_after is short."""
+        interval = STATUS_CHECK_SECONDS
+        if self._config.offline_after_minutes:
+            quarter = self._config.offline_after_minutes * 60 / 4
+            interval = min(interval, max(CHECK_INTERVAL_SECONDS, quarter))
+        while not self._stopping.is_set():
+            await self._statuses.check()
+            await self._pause(interval)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+def _reject(path: Path, folder: Path, reason: str) -> None:
+    log.warning("image_rejected", path=str(path), reason=reason)
+    try:
+        camera = normalize_camera_id(folder.name)
+    except InvalidInput:
+        camera = "unknown"
+    IMAGES_REJECTED.labels(camera=camera).inc()

@@ -1,0 +1,449 @@
+"""Tests for hsid/pipeline/watcher.py: real folders, Redis and PostgreSQL, small settle times."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import cv2
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+from structlog.testing import capture_logs
+
+from hsid.config import Config, WatcherConfig
+from hsid.constants import DETECTION_QUEUE
+from hsid.metrics import REGISTRY
+from hsid.pipeline.watcher import (
+    Completeness,
+    Probe,
+    SettleTracker,
+    Verdict,
+    Watcher,
+    completeness,
+)
+from hsid.queues import ReliableQueue
+
+FAST = {"settle_seconds": 0.3, "jpeg_settle_seconds": 0.1, "give_up_seconds": 1.0}
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}")
+WAIT_SECONDS = 5.0
+
+
+def jpeg(seed: int, size: int = 64) -> bytes:
+    """A real JPEG (starts FF D8, ends FF D9) whose content depends on `seed`."""
+    pixels = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    ok, encoded = cv2.imencode(".jpg", pixels)
+    assert ok
+    return encoded.tobytes()
+
+
+def png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    return cv2.imencode(".png", pixels)[1].tobytes()
+
+
+async def queued(redis: aioredis.Redis) -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in await redis.lrange(DETECTION_QUEUE, 0, -1)]
+
+
+class Running:
+    """A watcher running as a task, with helpers to wait on what it does."""
+
+    def __init__(self, task: asyncio.Task[None], redis: aioredis.Redis) -> None:
+        self.task, self.redis = task, redis
+
+    async def until(self, check: Callable[[], Awaitable[bool]], what: str) -> None:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not await check():
+            if self.task.done():
+                self.task.result()  # surfaces the watcher's crash
+                pytest.fail(f"watcher stopped before {what}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}")
+            await asyncio.sleep(0.05)
+
+    async def items(self, count: int) -> list[dict[str, Any]]:
+        async def enough() -> bool:
+            return len(await queued(self.redis)) >= count
+
+        await self.until(enough, f"{count} queued item(s)")
+        return await queued(self.redis)
+
+
+@asynccontextmanager
+async def running_watcher(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, **watcher: float
+) -> AsyncIterator[Running]:
+    config = config.with_overrides({"watcher": {**FAST, **watcher}})
+    stopping = asyncio.Event()
+    queue = ReliableQueue(redis, DETECTION_QUEUE, "test", config.queues)
+    stage = Watcher(config.paths, config.watcher, config.dedupe, db, redis, queue, stopping)
+    task = asyncio.create_task(stage.run())
+    try:
+        yield Running(task, redis)
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 5)
+
+
+def counter(name: str, camera: str) -> float:
+    return REGISTRY.get_sample_value(f"hsid_images_{name}_total", {"camera": camera}) or 0.0
+
+
+async def status(db: asyncpg.Pool, camera_id: str) -> str | None:
+    return await db.fetchval("SELECT status FROM cameras WHERE id = $1", camera_id)
+
+
+# --- the settle rules, with a fake clock -------------------------------------------------------
+
+
+def probe(size: int, mtime_ns: int = 1, kind: Completeness = Completeness.JPEG) -> Probe:
+    return Probe(size, mtime_ns, kind)
+
+
+def test_growing_file_waits_until_complete_and_stable() -> None:
+    tracker = SettleTracker(WatcherConfig(**{**FAST, "give_up_seconds": 60.0}))
+    path = Path("cam/a.jpg")
+    tracker.track(path, now=0.0)
+
+    assert tracker.check(path, probe(10, 1, Completeness.INCOMPLETE), 0.0) is Verdict.WAIT
+    # Stable far past the settle time, but the end-of-image marker is missing.
+    assert tracker.check(path, probe(10, 1, Completeness.INCOMPLETE), 5.0) is Verdict.WAIT
+    assert tracker.check(path, probe(20, 2), 5.5) is Verdict.WAIT  # complete, not yet stable
+    assert tracker.check(path, probe(20, 2), 5.55) is Verdict.WAIT
+    assert tracker.check(path, probe(20, 2), 5.75) is Verdict.READY
+    assert tracker.pending() == []
+
+
+def test_unknown_content_takes_the_full_settle_time() -> None:
+    tracker = SettleTracker(WatcherConfig(**FAST))
+    path = Path("cam/a.png")
+    tracker.track(path, now=0.0)
+    unknown = probe(100, 1, Completeness.UNKNOWN)
+
+    assert tracker.check(path, unknown, 0.0) is Verdict.WAIT
+    assert tracker.check(path, unknown, 0.2) is Verdict.WAIT
+    assert tracker.check(path, unknown, 0.3) is Verdict.READY
+
+
+def test_file_that_never_completes_is_given_up() -> None:
+    tracker = SettleTracker(WatcherConfig(**FAST))
+    path = Path("cam/a.jpg")
+    tracker.track(path, now=0.0)
+    tracker.track(path, now=0.5)  # a later event keeps the first-seen time
+
+    assert tracker.check(path, probe(10, 1, Completeness.INCOMPLETE), 0.6) is Verdict.WAIT
+    assert tracker.check(path, probe(10, 1, Completeness.INCOMPLETE), 1.0) is Verdict.GIVE_UP
+    assert len(tracker) == 0
+
+
+def test_late_event_for_a_taken_file_is_unchanged() -> None:
+    tracker = SettleTracker(WatcherConfig(**FAST))
+    path = Path("cam/a.jpg")
+    tracker.track(path, now=0.0)
+    tracker.check(path, probe(20), 0.0)
+    assert tracker.check(path, probe(20), 0.5) is Verdict.READY
+    tracker.remember_taken(path, probe(20))
+
+    tracker.track(path, now=5.0)
+    tracker.check(path, probe(20), 5.0)
+    assert tracker.check(path, probe(20), 5.5) is Verdict.UNCHANGED
+    tracker.track(path, now=9.0)  # rewritten with new bytes: a new image
+    tracker.check(path, probe(30, 2), 9.0)
+    assert tracker.check(path, probe(30, 2), 9.5) is Verdict.READY
+
+
+def test_discarded_file_is_gone() -> None:
+    tracker = SettleTracker(WatcherConfig(**FAST))
+    tracker.track(Path("cam/a.jpg"), now=0.0)
+    tracker.discard(Path("cam/a.jpg"))
+    assert tracker.check(Path("cam/a.jpg"), probe(20), 1.0) is Verdict.GONE
+
+
+def test_completeness_by_content() -> None:
+    image = jpeg(1)
+    assert completeness(len(image), image[:8], image[-12:]) is Completeness.JPEG
+    assert completeness(100, image[:8], image[40:52]) is Completeness.INCOMPLETE
+    picture = png(1)
+    assert completeness(len(picture), picture[:8], picture[-12:]) is Completeness.PNG
+    assert completeness(100, picture[:8], picture[20:32]) is Completeness.INCOMPLETE
+    assert completeness(3, b"abc", b"abc") is Completeness.INCOMPLETE
+    assert completeness(20, b"plain text", b"more text") is Completeness.UNKNOWN
+
+
+# --- the stage, on real folders and stores -----------------------------------------------------
+
+
+async def test_file_written_in_pieces_is_queued_once_after_the_last_piece(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path
+) -> None:
+    gate = camera_root / "gate"
+    gate.mkdir()
+    data = jpeg(1, size=256)
+    path = gate / "snap.jpg"
+    async with running_watcher(config, db, redis) as watcher:
+        with path.open("wb") as upload:
+            for piece in (data[: len(data) // 3], data[len(data) // 3 : -100]):
+                upload.write(piece)
+                upload.flush()
+                await asyncio.sleep(0.5)  # longer than either settle time
+                assert await queued(redis) == []
+            upload.write(data[-100:])
+        items = await watcher.items(1)
+        await asyncio.sleep(0.5)
+
+    assert await queued(redis) == items
+    assert items[0]["camera_id"] == "gate"
+    assert items[0]["file_path"] == str(path)
+    assert TIMESTAMP.fullmatch(items[0]["timestamp"])
+    assert list(items[0]) == ["camera_id", "file_path", "timestamp"]
+
+
+async def test_complete_jpeg_is_taken_after_the_short_settle(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path
+) -> None:
+    gate = camera_root / "gate"
+    gate.mkdir()
+    async with running_watcher(config, db, redis, settle_seconds=10.0) as watcher:
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        (gate / "snap.jpg").write_bytes(jpeg(2))
+        await watcher.items(1)
+        waited = time.monotonic() - started
+
+    assert waited < 1.0  # the 10 s settle did not apply: the end-of-image marker was there
+
+
+async def test_new_camera_folder_registers_a_camera(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path
+) -> None:
+    async with running_watcher(config, db, redis) as watcher:
+        folder = camera_root / "Front Door-2"
+        folder.mkdir()
+
+        async def registered() -> bool:
+            return await status(db, "front_door_2") is not None
+
+        await watcher.until(registered, "the camera row")
+        (folder / "snap.jpg").write_bytes(jpeg(3))
+        items = await watcher.items(1)
+
+    row = await db.fetchrow("SELECT * FROM cameras WHERE id = 'front_door_2'")
+    assert (row["name"], row["folder_path"]) == ("Front Door-2", str(folder))
+    assert row["last_seen_at"] is not None
+    assert items[0]["camera_id"] == "front_door_2"
+
+
+async def test_symlinked_image_is_refused(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path, tmp_path: Path
+) -> None:
+    gate = camera_root / "gate"
+    gate.mkdir()
+    target = tmp_path / "elsewhere.jpg"
+    target.write_bytes(jpeg(4))
+    before = counter("rejected", "gate")
+    with capture_logs() as logs:
+        async with running_watcher(config, db, redis) as watcher:
+            (gate / "link.jpg").symlink_to(target)
+            (gate / "real.jpg").write_bytes(jpeg(5))
+            items = await watcher.items(1)
+            await asyncio.sleep(0.3)
+
+    assert [item["file_path"] for item in await queued(redis)] == [str(gate / "real.jpg")]
+    assert items[0]["file_path"] == str(gate / "real.jpg")
+    rejected = [entry for entry in logs if entry["event"] == "image_rejected"]
+    assert [(e["path"], e["reason"], e["log_level"]) for e in rejected] == [
+        (str(gate / "link.jpg"), "symlink", "warning")
+    ]
+    assert counter("rejected", "gate") == before + 1
+
+
+async def test_symlinked_folder_pointing_outside_is_refused(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(jpeg(6))
+    with capture_logs() as logs:
+        async with running_watcher(config, db, redis) as watcher:
+            (camera_root / "evil").symlink_to(outside)
+
+            async def refused() -> bool:
+                return any(entry["event"] == "image_rejected" for entry in logs)
+
+            await watcher.until(refused, "the refusal")
+
+    assert await queued(redis) == []
+    assert await status(db, "evil") is None
+    events = {(entry["event"], entry.get("reason")) for entry in logs}
+    assert ("camera_folder_refused", "symlink") in events
+    assert ("image_rejected", "outside_camera_root") in events
+
+
+async def test_non_image_is_ignored(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path
+) -> None:
+    gate = camera_root / "gate"
+    gate.mkdir()
+    async with running_watcher(config, db, redis) as watcher:
+        (gate / "notes.txt").write_bytes(b"not a picture")
+        (gate / "clip.mp4").write_bytes(jpeg(7))
+        (gate / "snap.JPG").write_bytes(jpeg(8))
+        items = await watcher.items(1)
+        await asyncio.sleep(0.4)
+
+    assert [item["file_path"] for item in await queued(redis)] == [str(gate / "snap.JPG")]
+    assert items[0]["camera_id"] == "gate"
+
+
+async def test_temporary_names_are_ignored_until_renamed(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path
+) -> None:
+    gate = camera_root / "gate"
+    gate.mkdir()
+    async with running_watcher(config, db, redis) as watcher:
+        for seed, name in enumerate((".snap.jpg", "a.jpg.part", "b.jpg.tmp", "c.jpg.filepart")):
+            (gate / name).write_bytes(jpeg(10 + seed))
+        await asyncio.sleep(0.6)  # well past both settle times
+        assert await queued(redis) == []
+
+        (gate / "a.jpg.part").rename(gate / "a.jpg")
+        items = await watcher.items(1)
+        await asyncio.sleep(0.3)
+
+    assert await queued(redis) == items
+    assert items[0]["file_path"] == str(gate / "a.jpg")
+
+
+async def test_startup_scan_takes_files_that_arrived_while_down(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path
+) -> None:
+    gate = camera_root / "gate"
+    gate.mkdir()
+    for seed, name in enumerate(("new.jpg", "done.jpg", "ancient.jpg")):
+        (gate / name).write_bytes(jpeg(20 + seed))
+    week_ago = time.time() - 7 * 86400
+    os.utime(gate / "ancient.jpg", (week_ago, week_ago))
+    await db.execute("INSERT INTO cameras (id, name, folder_path) VALUES ('gate', 'gate', $1)",
+                     str(gate))
+    await db.execute("INSERT INTO detections (camera_id, file_path) VALUES ('gate', $1)",
+                     str(gate / "done.jpg"))
+
+    async with running_watcher(config, db, redis) as watcher:
+        items = await watcher.items(1)
+        await asyncio.sleep(0.4)
+
+    assert await queued(redis) == items
+    assert items[0]["file_path"] == str(gate / "new.jpg")
+
+
+async def test_same_content_under_two_names_is_queued_once(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path
+) -> None:
+    gate = camera_root / "gate"
+    gate.mkdir()
+    data = jpeg(30)
+    before = counter("deduplicated", "gate")
+    async with running_watcher(config, db, redis) as watcher:
+        (gate / "one.jpg").write_bytes(data)
+        (gate / "two.jpg").write_bytes(data)
+        await watcher.items(1)
+        await asyncio.sleep(0.5)
+
+    assert len(await queued(redis)) == 1
+    assert counter("deduplicated", "gate") == before + 1
+
+
+async def test_incomplete_jpeg_is_given_up_with_a_warning(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path
+) -> None:
+    gate = camera_root / "gate"
+    gate.mkdir()
+    with capture_logs() as logs:
+        async with running_watcher(config, db, redis) as watcher:
+            (gate / "cut.jpg").write_bytes(jpeg(31)[:-50])
+
+            async def given_up() -> bool:
+                return any(entry["event"] == "image_given_up" for entry in logs)
+
+            await watcher.until(given_up, "the give-up warning")
+
+    assert await queued(redis) == []
+    warning = next(entry for entry in logs if entry["event"] == "image_given_up")
+    assert (warning["reason"], warning["log_level"]) == ("no_end_marker", "warning")
+
+
+async def test_folder_removal_sets_error_and_next_image_online(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path
+) -> None:
+    gate = camera_root / "gate"
+    gate.mkdir()
+    (gate / "old.jpg").write_bytes(jpeg(40))
+    with capture_logs() as logs:
+        async with running_watcher(config, db, redis) as watcher:
+            await watcher.items(1)
+            shutil.rmtree(gate)
+
+            async def errored() -> bool:
+                return await status(db, "gate") == "error"
+
+            await watcher.until(errored, "status error")
+            gate.mkdir()
+            (gate / "new.jpg").write_bytes(jpeg(41))
+            await watcher.items(2)
+
+    assert await status(db, "gate") == "online"
+    changes = [
+        (entry["old_status"], entry["status"])
+        for entry in logs if entry["event"] == "camera_status_changed"
+    ]
+    assert changes == [("online", "error"), ("error", "online")]
+
+
+async def test_quiet_camera_goes_offline_and_a_manual_status_stands(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path
+) -> None:
+    gate = camera_root / "gate"
+    gate.mkdir()
+    async with running_watcher(config, db, redis, offline_after_minutes=0.005) as watcher:
+
+        async def offline() -> bool:
+            return await status(db, "gate") == "offline"
+
+        await watcher.until(offline, "status offline")
+        await db.execute("UPDATE cameras SET status = 'online' WHERE id = 'gate'")
+        await asyncio.sleep(0.5)  # the watcher's view has not changed: the manual status stands
+        assert await status(db, "gate") == "online"
+
+        await db.execute("UPDATE cameras SET status = 'offline' WHERE id = 'gate'")
+        (gate / "snap.jpg").write_bytes(jpeg(50))
+        await watcher.items(1)
+        assert await status(db, "gate") == "online"
+
+
+async def test_folder_moved_in_with_images_is_registered_and_scanned(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path, tmp_path: Path
+) -> None:
+    staged = tmp_path / "Back Yard"
+    (staged / "2025-12-23").mkdir(parents=True)
+    (staged / "2025-12-23" / "snap.jpg").write_bytes(jpeg(60))
+    async with running_watcher(config, db, redis) as watcher:
+        await asyncio.sleep(0.2)
+        staged.rename(camera_root / "Back Yard")  # no event for the files inside: only a scan
+        items = await watcher.items(1)
+
+    assert items[0] == {
+        "camera_id": "back_yard",
+        "file_path": str(camera_root / "Back Yard" / "2025-12-23" / "snap.jpg"),
+        "timestamp": items[0]["timestamp"],
+    }
+    assert await status(db, "back_yard") == "online"
