@@ -18,6 +18,7 @@ import structlog
 
 from hsid.config import DetectorConfig
 from hsid.errors import ConfigError, PermanentError, TransientError
+from hsid.services.gpu import gpu_names
 
 log = structlog.get_logger(__name__)
 
@@ -241,7 +242,10 @@ class Detector:
         options = ort.SessionOptions()
         options.intra_op_num_threads = _thread_count(self._config.threads)
         options.inter_op_num_threads = 1
-        chain = _provider_chain(ort.get_available_providers(), self._cache_dir)
+        # onnxruntime-gpu lists its GPU providers on any machine; trying them without a GPU
+        # only prints pages of C++ errors before falling back, so ask NVML first.
+        available = ort.get_available_providers() if gpu_names() else [CPU_PROVIDER]
+        chain = _provider_chain(available, self._cache_dir)
         if chain[0][0] == TENSORRT_PROVIDER:
             self._cache_dir.mkdir(parents=True, exist_ok=True)
         while True:
