@@ -9,9 +9,10 @@ import asyncpg
 from hsid.constants import ANALYZER_PROMPT_MODEL
 from hsid.pipeline.analyzer import DEFAULT_SYSTEM_PROMPT, PromptSettings
 
-# Scoring wants consistency more than creativity; 400 tokens cover the grammar's bounded JSON.
+# Scoring wants consistency more than creativity; 600 tokens cover the grammar's bounded JSON
+# (200 + 600 characters of text) even when a small model rambles.
 DEFAULT_TEMPERATURE = 0.2
-DEFAULT_MAX_TOKENS = 400
+DEFAULT_MAX_TOKENS = 600
 
 SEED_CONFIG = """
 INSERT INTO prompt_configs (model, system_prompt, temperature, max_tokens, version)
