@@ -48,4 +48,4 @@ INFERENCE_FPS = Gauge("hsid_inference_fps", "Detector images per second", regist
 STAGE_LATENCY = Histogram(
     "hsid_stage_seconds", "Time spent per step", ["step"], buckets=LATENCY_BUCKETS,
     registry=REGISTRY)
-# Steps: decode, inference, llm, upload_to_event (file complete -> event committed).
+# Steps: decode, inference, database, llm, upload_to_event (file complete -> event committed).

@@ -139,10 +139,11 @@ class AnalyzeWorker:
         fast = len(rows) == 1 and is_fast_path(
             self._config.batch, rows[0]["object_type"] or "", rows[0]["confidence"] or 0.0)
         started_at, ended_at = rows[0]["detected_at"], rows[-1]["detected_at"]
-        event_id = await self._pool.fetchval(
-            INSERT_EVENT, batch_id, camera_id, started_at, ended_at, assessment.risk_score,
-            assessment.risk_level, assessment.summary, assessment.reasoning,
-            json.dumps([row["id"] for row in rows]), fast)
+        with metrics.STAGE_LATENCY.labels("database").time():
+            event_id = await self._pool.fetchval(
+                INSERT_EVENT, batch_id, camera_id, started_at, ended_at, assessment.risk_score,
+                assessment.risk_level, assessment.summary, assessment.reasoning,
+                json.dumps([row["id"] for row in rows]), fast)
         if event_id is None:
             log.info("event_already_stored")
             return

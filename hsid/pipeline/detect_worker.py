@@ -173,18 +173,23 @@ class DetectWorker:
         """Insert the image's rows unless they exist; None when they already did."""
         thumbnails = await asyncio.to_thread(self._write_thumbnails, task, detected_at)
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute(LOCK_FILE, str(task.path))
-                if await conn.fetch(SELECT_STORED, str(task.path), task.camera_id):
-                    _remove(thumbnails)
-                    return None
-                return [
-                    await self._insert(conn, task, detected_at, found, thumb)
-                    for found, thumb in zip(task.found or [], thumbnails, strict=True)
-                ]
+            with metrics.STAGE_LATENCY.labels("database").time():
+                return await self._insert_all(task, detected_at, thumbnails)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
             _remove(thumbnails)
             raise TransientError(f"storing detections failed: {err}") from err
+
+    async def _insert_all(self, task: ImageTask, detected_at: datetime,
+                          thumbnails: list[Path]) -> list[NewDetection] | None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(LOCK_FILE, str(task.path))
+            if await conn.fetch(SELECT_STORED, str(task.path), task.camera_id):
+                _remove(thumbnails)
+                return None
+            return [
+                await self._insert(conn, task, detected_at, found, thumb)
+                for found, thumb in zip(task.found or [], thumbnails, strict=True)
+            ]
 
     async def _insert(self, conn: asyncpg.Connection, task: ImageTask, detected_at: datetime,
                       found: ObjectDetection, thumb: Path) -> NewDetection:
