@@ -17,6 +17,7 @@ from hsid.backoff import Backoff, retry_until_available
 from hsid.broker import connect_redis
 from hsid.config import Config, SystemdEnvironment
 from hsid.db import apply_schema, create_pool
+from hsid.embedded import start_embedded_stores
 from hsid.runtime import Runtime
 from hsid.services import dblog
 from hsid.services.health import Health, StageState
@@ -158,6 +159,7 @@ async def run_daemon(
 
             runner = await start_api(runtime)
             front.push_async_callback(runner.cleanup)
+        runtime.config = await start_embedded_stores(runtime.config, stores)
         if await connect_stores(runtime, stores):
             selected = await build_stages(runtime)
             notifier.notify("READY=1")

@@ -12,6 +12,7 @@ from typing import TextIO
 from hsid.broker import connect_redis
 from hsid.config import Config
 from hsid.db import create_pool
+from hsid.embedded import store_modes
 from hsid.errors import HsidError
 
 
@@ -26,9 +27,17 @@ class CheckResult:
 Check = Callable[[Config], Awaitable[CheckResult]]
 
 
+def _embedded_check(store: str, mode: str) -> CheckResult:
+    """No URL configured: say which embedded server will run, or why none can."""
+    if mode.startswith("unavailable:"):
+        return CheckResult(store, False, mode, "install the server (see the message) or "
+                           f"configure {store}.url")
+    return CheckResult(store, True, f"no URL configured: {mode}")
+
+
 async def check_database(config: Config) -> CheckResult:
     if not config.database.url:
-        return CheckResult("database", True, "no URL configured: embedded PostgreSQL is used")
+        return _embedded_check("database", store_modes(config)["database"])
     try:
         pool = await create_pool(config.database)
     except HsidError as err:
@@ -43,7 +52,7 @@ async def check_database(config: Config) -> CheckResult:
 
 async def check_redis(config: Config) -> CheckResult:
     if not config.redis.url:
-        return CheckResult("redis", True, "no URL configured: embedded redis-server is used")
+        return _embedded_check("redis", store_modes(config)["redis"])
     try:
         client = await connect_redis(config.redis)
     except HsidError as err:

@@ -13,6 +13,7 @@ import structlog
 from hsid.app import run_daemon
 from hsid.config import Config, load_config, systemd_environment
 from hsid.dlq_cli import DLQ_ACTIONS, dlq_command
+from hsid.embedded import with_embedded_addresses
 from hsid.errors import ConfigError, HsidError
 from hsid.logging import configure_logging
 from hsid.stages import ALL_STAGE_GROUPS
@@ -50,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("action", choices=("fetch", "list"))
     models.add_argument("names", nargs="*", help="manifest entries to fetch (default all)")
     models.add_argument("--dest", type=Path, help="folder (default <state_dir>/models)")
+    demo = commands.add_parser("demo", help="see hsid work: own stores, test models, "
+                                            "generated uploads (Ctrl-C stops)")
+    demo.add_argument("--dir", type=Path, default=Path("hsid-demo"),
+                      help="folder for the demo's cameras, state and log (default ./hsid-demo)")
     return parser
 
 
@@ -64,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hsid: {err}", file=sys.stderr)
         return 2
     configure_logging(config.logging.level, systemd.journal)
+    if args.command in ("init-db", "dlq", "cleanup"):
+        config = with_embedded_addresses(config)
     try:
         if args.command == "run":
             return asyncio.run(run_daemon(config, args.stages, systemd))
@@ -80,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from hsid.services.cleanup import cleanup_command
 
             return asyncio.run(cleanup_command(config, args.dry_run, sys.stdout))
+        if args.command == "demo":
+            from hsid.demo import run_demo
+
+            return asyncio.run(run_demo(config, args.config, args.dir.resolve(), sys.stdout))
         if args.command == "models":
             return _models(config, args.action, args.names, args.dest)
     except HsidError as err:

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,6 +26,9 @@ import redis.asyncio as aioredis
 
 from hsid.config import Config, load_config
 from hsid.db import apply_schema, create_pool
+from hsid.embedded import EmbeddedPostgres, EmbeddedRedis, server_pids
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 PG_ADMIN_URL = os.environ.get("HSID_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE_URL = os.environ.get("HSID_TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -122,6 +130,38 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     finally:
         await client.flushdb()
         await client.aclose()
+
+
+@pytest.fixture
+def embedded_dir() -> Iterator[Path]:
+    """A fresh directory the embedded servers' account can reach; no servers left afterwards.
+
+    Not tmp_path: pytest makes its base 0700, and a root test run starts the servers as
+    another user (PostgreSQL refuses root), who could not get in.
+    """
+    path = Path(tempfile.mkdtemp(prefix="hsid-embedded-"))
+    path.chmod(0o755)
+    yield path
+    for server in (EmbeddedPostgres(path / "pg"), EmbeddedRedis(path / "redis")):
+        for pid in embedded_pids(server):
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def embedded_pids(server: EmbeddedPostgres | EmbeddedRedis) -> list[int]:
+    """The server's processes, found the way a restarting hsid finds leftovers."""
+    directory = server.data_dir if isinstance(server, EmbeddedPostgres) else server.root
+    return server_pids(directory, server.program)
+
+
+@pytest.fixture(scope="session")
+def test_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny models, built by the same script a developer runs, so the script stays
+    working. Readable by any account (the embedded servers' user included)."""
+    dest = tmp_path_factory.mktemp("models")
+    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "make-test-models"), str(dest)],
+                   check=True, timeout=120)
+    return {"detector": dest / "tiny-detector.onnx", "llm": dest / "tiny-llm.gguf"}
 
 
 def free_port() -> int:

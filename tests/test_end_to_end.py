@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -18,17 +16,6 @@ import redis.asyncio as aioredis
 
 from tests.conftest import free_port
 from tests.support import Daemon, http_json, wait_for
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def test_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Built by the same script a developer runs, so the script stays working."""
-    dest = tmp_path_factory.mktemp("models")
-    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "make-test-models"), str(dest)],
-                   check=True, timeout=120)
-    return {"detector": dest / "tiny-detector.onnx", "llm": dest / "tiny-llm.gguf"}
 
 
 def jpeg(patches: list[tuple[tuple[int, int, int, int], tuple[int, int, int]]]) -> bytes:

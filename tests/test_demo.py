@@ -1,0 +1,49 @@
+"""`hsid demo` in a subprocess: it starts, prints an event, and stops cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from tests.conftest import free_port
+
+
+def test_demo_prints_events_and_stops_on_ctrl_c(
+    tmp_path: Path, fresh_database_url: str, redis_url: str, redis: aioredis.Redis,
+) -> None:
+    env = {**os.environ, "DATABASE_URL": fresh_database_url, "REDIS_URL": redis_url,
+           "HSID_API__PORT": str(free_port())}
+    demo = subprocess.Popen([sys.executable, "-m", "hsid", "demo", "--dir", str(tmp_path)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    seen_event = threading.Event()
+
+    def read() -> None:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            lines.append(line)
+            if line.startswith("EVENT "):
+                seen_event.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert seen_event.wait(150), "".join(lines) + (tmp_path / "hsid.log").read_text()
+    finally:
+        demo.send_signal(signal.SIGINT)
+        status = demo.wait(60)
+    reader.join(10)
+    output = "".join(lines)
+    assert status == 0, output
+    assert "API: http://127.0.0.1:" in output
+    assert "uploaded snap_00001.jpg" in output
+    event = next(line for line in lines if line.startswith("EVENT "))
+    assert "demo_driveway risk " in event
+    assert "hsid stopped (status 0)" in output
+    assert (tmp_path / "cameras" / "Demo Driveway").is_dir()
