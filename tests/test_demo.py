@@ -9,16 +9,16 @@ import sys
 import threading
 from pathlib import Path
 
-import redis.asyncio as aioredis
+from hsid.embedded import EmbeddedPostgres, EmbeddedRedis
+from tests.conftest import embedded_pids, free_port
 
-from tests.conftest import free_port
 
-
-def test_demo_prints_events_and_stops_on_ctrl_c(
-    tmp_path: Path, fresh_database_url: str, redis_url: str, redis: aioredis.Redis,
-) -> None:
-    env = {**os.environ, "DATABASE_URL": fresh_database_url, "REDIS_URL": redis_url,
-           "HSID_API__PORT": str(free_port())}
+def test_demo_prints_events_and_stops_on_ctrl_c(embedded_dir: Path) -> None:
+    """As a newcomer runs it: no store URLs, so the demo's daemon starts its own."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith("HSID_")}
+    env["HSID_API__PORT"] = str(free_port())
+    tmp_path = embedded_dir
     demo = subprocess.Popen([sys.executable, "-m", "hsid", "demo", "--dir", str(tmp_path)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
@@ -47,3 +47,6 @@ def test_demo_prints_events_and_stops_on_ctrl_c(
     assert "demo_driveway risk " in event
     assert "hsid stopped (status 0)" in output
     assert (tmp_path / "cameras" / "Demo Driveway").is_dir()
+    embedded = tmp_path / "state" / "embedded"
+    assert embedded_pids(EmbeddedPostgres(embedded / "pg")) == []
+    assert embedded_pids(EmbeddedRedis(embedded / "redis")) == []
