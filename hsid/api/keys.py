@@ -1,4 +1,4 @@
-"""Typed application keys shared by the API modules."""
+"""Typed application and request keys shared by the API modules."""
 
 from __future__ import annotations
 
@@ -7,3 +7,7 @@ from aiohttp import web
 from hsid.runtime import Runtime
 
 RUNTIME = web.AppKey("runtime", Runtime)
+
+# Who made the request: the API key's name, set by the auth middleware when keys are on.
+ACTOR_KEY = web.RequestKey("actor", str)
+ANONYMOUS = "anonymous"

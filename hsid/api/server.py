@@ -7,21 +7,53 @@ import ipaddress
 import structlog
 from aiohttp import web
 
-from hsid.api import system
+from hsid.api import (
+    alert_rules,
+    alerts,
+    audit,
+    calibrations,
+    cameras,
+    detections,
+    dlq,
+    entities,
+    events,
+    logs,
+    maintenance,
+    openapi,
+    prompts,
+    scene_changes,
+    system,
+    websocket,
+    zones,
+)
+from hsid.api.auth import API_KEYS, ApiKeys, auth_middleware
 from hsid.api.keys import RUNTIME
 from hsid.api.middleware import error_middleware, request_id_middleware
+from hsid.api.routing import ROUTE_SPECS, register
 from hsid.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
+RESOURCES = (
+    system, cameras, zones, calibrations, events, detections, alert_rules, alerts, entities,
+    scene_changes, prompts, logs, dlq, audit, maintenance, websocket, openapi,
+)
+
 
 def build_app(runtime: Runtime) -> web.Application:
+    # Outermost first: the audit middleware sits outside the error mapping so it sees each
+    # call's final status, and outside auth so refused keys are audited as failures.
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware],
+        middlewares=[request_id_middleware, audit.audit_middleware, error_middleware,
+                     auth_middleware],
         client_max_size=runtime.config.api.max_body_bytes,
     )
     app[RUNTIME] = runtime
-    app.add_routes(system.routes)
+    app[API_KEYS] = ApiKeys(runtime.config.api)
+    app[websocket.RELAYS] = websocket.relays(runtime)
+    register(app, [route for module in RESOURCES for route in module.api.routes])
+    app[openapi.OPENAPI_DOCUMENT] = openapi.document(app[ROUTE_SPECS].values())
+    app.on_shutdown.append(websocket.close_relays)
     return app
 
 

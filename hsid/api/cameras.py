@@ -1,0 +1,135 @@
+"""Camera routes: list, read, register, rename or set status, delete, and the latest snapshot."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+
+from hsid.api import files
+from hsid.api.fields import Body, Field, Shape, Str, out, pick
+from hsid.api.queries import Listing, fetch_one, fetch_page, page_of, paged, update_one
+from hsid.api.routing import ApiRoutes, Audit, Call
+from hsid.errors import InvalidInput, NotFound
+from hsid.pipeline.cameras import normalize_camera_id
+
+CAMERA_COLUMNS = "id, name, folder_path, status, created_at, last_seen_at"
+SELECT_CAMERA = "SELECT " + CAMERA_COLUMNS + " FROM cameras WHERE id = $1"
+CAMERA_EXISTS = "SELECT EXISTS (SELECT 1 FROM cameras WHERE id = $1)"
+INSERT_CAMERA = (
+    "INSERT INTO cameras (id, name, folder_path, status) VALUES ($1, $2, $3, $4) "
+    "RETURNING " + CAMERA_COLUMNS
+)
+UPDATE_CAMERA = "UPDATE cameras SET {sets} WHERE id = $1 RETURNING " + CAMERA_COLUMNS
+# Detections, events (and their alerts), zones, baselines, scene changes and calibrations
+# go with the camera through ON DELETE CASCADE.
+DELETE_CAMERA = "DELETE FROM cameras WHERE id = $1 RETURNING id"
+SELECT_LATEST_IMAGE = """
+SELECT file_path FROM detections WHERE camera_id = $1
+ORDER BY detected_at DESC, id DESC LIMIT 1
+"""
+LIST_CAMERAS = Listing(
+    select="SELECT " + CAMERA_COLUMNS
+           + " FROM cameras {where} ORDER BY id LIMIT {limit} OFFSET {offset}",
+    table="cameras",
+    filters={"status": "status = {}"},
+)
+
+STATUSES = ("online", "offline", "error")
+CAMERA_ID = Str(pattern="[a-z0-9_]{1,64}", max_length=64,
+                description="lower-case letters, digits and _ (the normalised folder name)")
+CAMERA_PATH = {"camera_id": Str(max_length=64, description="camera id")}
+FIELDS: dict[str, Field] = {
+    "id": CAMERA_ID,
+    "name": Str(min_length=1, required=True),
+    "folder_path": Str(min_length=1, max_length=1024,
+                       description="folder directly inside the camera root (name or path); "
+                                   "default: the camera root's folder named like the id"),
+    "status": Str(enum=STATUSES, default="online"),
+}
+CAMERA = Shape({
+    "id": out("string"),
+    "name": out("string"),
+    "folder_path": out("string"),
+    "status": out("string", enum=list(STATUSES)),
+    "created_at": out("string", format="date-time"),
+    "last_seen_at": out("string", nullable=True, format="date-time"),
+})
+
+api = ApiRoutes("cameras")
+
+
+async def require_camera(pool: asyncpg.Pool, camera_id: str) -> None:
+    """NotFound unless the camera exists: sub-resources answer 404 for a missing parent."""
+    if not await pool.fetchval(CAMERA_EXISTS, camera_id):
+        raise NotFound(f"camera {camera_id!r} not found")
+
+
+def camera_folder(camera_root: Path, given: str | None, camera_id: str) -> str:
+    """The absolute folder for a new camera: must be directly inside the camera root, like
+    the folders the watcher registers (a path elsewhere would let snapshots read it)."""
+    root = os.path.normpath(camera_root)
+    folder = os.path.normpath(os.path.join(root, given or camera_id))
+    if os.path.dirname(folder) != root:
+        raise InvalidInput("folder_path must be a folder directly inside the camera root",
+                           field="folder_path")
+    return folder
+
+
+@api.get("/api/cameras", "List cameras", query=paged({"status": Str(enum=STATUSES)}),
+         response=page_of(CAMERA))
+async def list_cameras(call: Call) -> dict:
+    return await fetch_page(call.pool, LIST_CAMERAS, call.query)
+
+
+@api.post("/api/cameras", "Register a camera", body=Body(FIELDS), status=201, response=CAMERA,
+          audit=Audit("camera_created", "camera"))
+async def create_camera(call: Call) -> asyncpg.Record:
+    body = call.body
+    given_folder = body.get("folder_path")
+    try:
+        camera_id = body.get("id") or normalize_camera_id(
+            Path(given_folder).name if given_folder else body["name"])
+    except InvalidInput as err:
+        raise InvalidInput(f"{err}; give an id", field="id") from err
+    call.audit(camera_id)
+    folder = camera_folder(call.runtime.config.paths.camera_root, given_folder, camera_id)
+    return await call.pool.fetchrow(INSERT_CAMERA, camera_id, body["name"], folder,
+                                    body["status"])
+
+
+@api.get("/api/cameras/{camera_id}", "Get a camera", path_params=CAMERA_PATH, response=CAMERA)
+async def get_camera(call: Call) -> asyncpg.Record:
+    return await fetch_one(call.pool, SELECT_CAMERA, call.path["camera_id"], what="camera")
+
+
+@api.patch("/api/cameras/{camera_id}", "Rename a camera or set its status",
+           path_params=CAMERA_PATH, body=Body(pick(FIELDS, "name", "status"), partial=True),
+           response=CAMERA, audit=Audit("camera_updated", "camera", "camera_id"))
+async def update_camera(call: Call) -> asyncpg.Record:
+    return await update_one(call.pool, UPDATE_CAMERA, call.body, call.path["camera_id"],
+                            what="camera")
+
+
+@api.delete("/api/cameras/{camera_id}", "Delete a camera and everything recorded for it",
+            path_params=CAMERA_PATH, status=204,
+            audit=Audit("camera_deleted", "camera", "camera_id"))
+async def delete_camera(call: Call) -> None:
+    await fetch_one(call.pool, DELETE_CAMERA, call.path["camera_id"], what="camera")
+
+
+@api.get("/api/cameras/{camera_id}/snapshot", "The camera's latest image",
+         path_params=CAMERA_PATH, media_types=files.IMAGE_MEDIA_TYPES)
+async def get_snapshot(call: Call) -> web.StreamResponse:
+    """The image of the camera's newest detection; when that file is gone (or there is none
+    yet), the newest image in the camera's folder."""
+    camera = await get_camera(call)
+    paths = call.runtime.config.paths
+    latest = await call.pool.fetchval(SELECT_LATEST_IMAGE, camera["id"])
+    try:
+        path = await files.safe_image(latest, files.roots(paths))
+    except NotFound:
+        path = await files.newest_image(camera["folder_path"], (paths.camera_root,))
+    return files.image_response(path)

@@ -1,0 +1,182 @@
+"""Prompt routes: each model's prompt config, saved as numbered versions, with optimistic
+locking and rollback."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import asyncpg
+
+from hsid.api.fields import Body, Field, Int, Num, Shape, Str, out
+from hsid.api.queries import Listing, fetch_one, fetch_page, page_of, paged
+from hsid.api.routing import ApiRoutes, Audit, Call
+from hsid.db import schema_sql
+from hsid.errors import Conflict, InvalidInput
+
+
+def _allowed_models(sql: str) -> tuple[str, ...]:
+    """The prompt_versions.model CHECK values: schema.sql is the one list of models."""
+    found = re.search(r"ck_prompt_versions_model\s+CHECK\s*\(\s*model\s+IN\s*\(([^)]*)\)", sql)
+    if found is None:
+        raise RuntimeError("schema.sql has no ck_prompt_versions_model CHECK")
+    return tuple(re.findall(r"'([^']+)'", found.group(1)))
+
+
+MODELS = _allowed_models(schema_sql())
+
+PROMPT_COLUMNS = "model, system_prompt, temperature, max_tokens, version, created_at, updated_at"
+SELECT_PROMPT = "SELECT " + PROMPT_COLUMNS + " FROM prompt_configs WHERE model = $1"
+# Serialises writers of one model, also before its first row exists (nothing to lock yet).
+# The two-int form keeps these locks apart from the schema lock's single-key space.
+LOCK_MODEL = "SELECT pg_advisory_xact_lock(1886547821, hashtext($1))"  # 0x7072_6f6d "prom"
+SELECT_CURRENT_VERSION = """
+SELECT greatest(
+    (SELECT version FROM prompt_configs WHERE model = $1),
+    (SELECT max(version) FROM prompt_versions WHERE model = $1)) AS latest,
+    (SELECT version FROM prompt_configs WHERE model = $1) AS current
+"""
+DEACTIVATE_VERSIONS = """
+UPDATE prompt_versions SET is_active = false, row_version = row_version + 1
+WHERE model = $1 AND is_active
+"""
+INSERT_VERSION = """
+INSERT INTO prompt_versions (model, version, created_by, config_json, change_description,
+                             is_active)
+VALUES ($1, $2, $3, $4, $5, true)
+"""
+UPSERT_PROMPT = """
+INSERT INTO prompt_configs (model, system_prompt, temperature, max_tokens, version)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (model) DO UPDATE SET system_prompt = EXCLUDED.system_prompt,
+    temperature = EXCLUDED.temperature, max_tokens = EXCLUDED.max_tokens,
+    version = EXCLUDED.version, updated_at = now()
+RETURNING """ + PROMPT_COLUMNS
+SELECT_VERSION_CONFIG = (
+    "SELECT config_json FROM prompt_versions WHERE model = $1 AND version = $2"
+)
+VERSION_COLUMNS = (
+    "id, model, version, created_at, created_by, config_json, change_description, is_active, "
+    "row_version"
+)
+def version_json(row: asyncpg.Record) -> dict[str, Any]:
+    version = dict(row)
+    try:
+        version["config"] = json.loads(version.pop("config_json"))
+    except ValueError:
+        version["config"] = None
+    return version
+
+
+LIST_VERSIONS = Listing(
+    select="SELECT " + VERSION_COLUMNS + " FROM prompt_versions {where} "
+           "ORDER BY version DESC LIMIT {limit} OFFSET {offset}",
+    table="prompt_versions",
+    filters={"model": "model = {}"},
+    row=version_json,
+)
+
+MODEL_PATH = {"model": Str(enum=MODELS, description="AI model")}
+CONFIG_FIELDS: dict[str, Field] = {
+    "system_prompt": Str(min_length=1, max_length=100_000, required=True),
+    "temperature": Num(minimum=0.0, maximum=2.0, default=0.7),
+    "max_tokens": Int(minimum=100, maximum=8192, default=2048),
+}
+PUT_FIELDS: dict[str, Field] = {
+    **CONFIG_FIELDS,
+    "version": Int(minimum=0, required=True,
+                   description="the version the client edited (0 when the model has none)"),
+    "change_description": Str(nullable=True, max_length=10_000),
+}
+PROMPT = Shape({
+    "model": out("string", enum=list(MODELS)),
+    "system_prompt": out("string"),
+    "temperature": out("number"),
+    "max_tokens": out("integer"),
+    "version": out("integer"),
+    "created_at": out("string", format="date-time"),
+    "updated_at": out("string", format="date-time"),
+})
+VERSION = Shape({
+    "id": out("integer"),
+    "model": out("string"),
+    "version": out("integer"),
+    "created_at": out("string", format="date-time"),
+    "created_by": out("string", nullable=True),
+    "config": out(None, description="the saved configuration (null if unreadable)"),
+    "change_description": out("string", nullable=True),
+    "is_active": out("boolean"),
+    "row_version": out("integer"),
+})
+
+api = ApiRoutes("prompts")
+
+
+async def _save(
+    conn: asyncpg.Connection, model: str, config: dict[str, Any], actor: str,
+    description: str | None, expected: int | None,
+) -> asyncpg.Record:
+    """Write `config` as the model's next version, active, in the caller's transaction.
+    `expected` (a PUT) must be the current version, else Conflict; None skips that check."""
+    await conn.execute(LOCK_MODEL, model)
+    versions = await conn.fetchrow(SELECT_CURRENT_VERSION, model)
+    current = versions["current"] or 0
+    if expected is not None and expected != current:
+        raise Conflict(f"{model} prompt is at version {current}, not {expected}: "
+                       "reload it and apply the change again")
+    new_version = (versions["latest"] or 0) + 1
+    await conn.execute(DEACTIVATE_VERSIONS, model)
+    await conn.execute(INSERT_VERSION, model, new_version, actor, json.dumps(config),
+                       description)
+    return await conn.fetchrow(UPSERT_PROMPT, model, config["system_prompt"],
+                               config["temperature"], config["max_tokens"], new_version)
+
+
+@api.get("/api/prompts/{model}", "Get a model's current prompt config", path_params=MODEL_PATH,
+         response=PROMPT)
+async def get_prompt(call: Call) -> asyncpg.Record:
+    return await fetch_one(call.pool, SELECT_PROMPT, call.path["model"],
+                           what=f"prompt config for {call.path['model']}")
+
+
+@api.put(
+    "/api/prompts/{model}", "Save a new version of a model's prompt config",
+    path_params=MODEL_PATH, body=Body(PUT_FIELDS), response=PROMPT,
+    audit=Audit("prompt_updated", "prompt", "model"),
+)
+async def put_prompt(call: Call) -> asyncpg.Record:
+    config = {name: call.body[name] for name in CONFIG_FIELDS}
+    async with call.pool.acquire() as conn, conn.transaction():
+        row = await _save(conn, call.path["model"], config, call.actor,
+                          call.body.get("change_description"), call.body["version"])
+    call.audit(version=row["version"])
+    return row
+
+
+@api.get("/api/prompts/{model}/versions", "List a model's prompt versions, newest first",
+         path_params=MODEL_PATH, query=paged({}), response=page_of(VERSION))
+async def list_prompt_versions(call: Call) -> dict:
+    return await fetch_page(call.pool, LIST_VERSIONS, {**call.query, **call.path})
+
+
+@api.post(
+    "/api/prompts/{model}/rollback/{version}",
+    "Make an earlier version's config current again (saved as a new version)",
+    path_params={**MODEL_PATH, "version": Int(minimum=1, description="version to restore")},
+    response=PROMPT, audit=Audit("prompt_rolled_back", "prompt", "model"),
+)
+async def rollback_prompt(call: Call) -> asyncpg.Record:
+    model, version = call.path["model"], call.path["version"]
+    async with call.pool.acquire() as conn, conn.transaction():
+        saved = await fetch_one(conn, SELECT_VERSION_CONFIG, model, version,
+                                what=f"{model} prompt version {version}")
+        try:
+            config = Body(CONFIG_FIELDS).parse(json.loads(saved[0]))
+        except (ValueError, InvalidInput) as err:
+            raise Conflict(f"{model} prompt version {version} cannot be restored: {err}") \
+                from err
+        row = await _save(conn, model, config, call.actor,
+                          f"rollback to version {version}", None)
+    call.audit(restored=version, version=row["version"])
+    return row
