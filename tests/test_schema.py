@@ -77,6 +77,7 @@ DETECTIONS = Table(
         "idx_detections_detected_at": "(detected_at)",
         "idx_detections_camera_time": "(camera_id, detected_at)",
         "idx_detections_file_path": "(file_path)",
+        "idx_detections_object_type": "(object_type, detected_at DESC)",
     },
 )
 
@@ -110,6 +111,7 @@ EVENTS = Table(
         "idx_events_batch_id": "(batch_id)",
         "uq_events_batch_id": "UNIQUE (batch_id)",
         "idx_events_camera_started": "(camera_id, started_at DESC)",
+        "idx_events_risk_level": "(risk_level, started_at DESC)",
     },
 )
 
