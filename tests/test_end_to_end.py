@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port
 from tests.support import Daemon, http_json, wait_for
@@ -25,6 +26,12 @@ def jpeg(patches: list[tuple[tuple[int, int, int, int], tuple[int, int, int]]]) 
     ok, data = cv2.imencode(".jpg", image)
     assert ok
     return data.tobytes()
+
+
+def scraped(text: str) -> dict[tuple[str, str], float]:
+    """Samples of the exposition, keyed by (sample name, its one label's value)."""
+    return {(sample.name, next(iter(sample.labels.values()), "")): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 async def upload_in_pieces(path: Path, data: bytes, pieces: int = 3, pause: float = 0.3) -> None:
@@ -81,6 +88,8 @@ async def test_uploaded_images_become_events_on_the_websocket_and_in_the_databas
             await upload_in_pieces(camera / "car2.jpg", jpeg([((620, 300, 920, 500),
                                                                (255, 0, 0))]))
             batched = await next_message(ws, "event", within=30)
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                metrics = scraped(await response.text())
     finally:
         assert daemon.stop() == 0, daemon.output()
     assert fast["data"]["camera_id"] == batched["data"]["camera_id"] == "front_door"
@@ -100,5 +109,10 @@ async def test_uploaded_images_become_events_on_the_websocket_and_in_the_databas
     assert sorted(Path(detections[i]["file_path"]).name for i in car_ids) == ["car1.jpg",
                                                                                "car2.jpg"]
     assert len(detections) == 3  # each image read once, though written in pieces
+    assert metrics[("hsid_images_processed_total", "front_door")] == 3
+    assert metrics[("hsid_images_received_total", "front_door")] == 3
+    assert metrics[("hsid_detections_total", "person")] == 1
+    assert metrics[("hsid_detections_total", "car")] == 2
+    assert sum(v for (name, _), v in metrics.items() if name == "hsid_events_total") == 2
     used_llm = "LLM was not used" not in fast_row["reasoning"]
     assert used_llm is llm, fast_row["reasoning"]
