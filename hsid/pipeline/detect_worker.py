@@ -3,8 +3,9 @@
 Per image: thumbnails are written, then the rows are committed in one transaction (the
 thumbnails are removed again if it fails), then clients hear of the detections on
 `security_events`, then the detections join their camera's batch, then the queue item is
-acknowledged. Taking and decoding the next images overlaps inference of the current
-ones, and storing overlaps the next inference, so the model is rarely idle.
+acknowledged. Storing overlaps the next inference; decoding does not: on a CPU the
+model's threads already use every core, and measured on 2 cores (scripts/bench_detect.py)
+decoding beside inference slowed inference by more than the decode itself costs.
 
 A job processed twice (a crash between commit and acknowledge) finds its rows already
 there and inserts nothing; it is not batched again, because its first run may already
@@ -103,8 +104,8 @@ class DetectWorker:
                 tasks = await upcoming
                 if self._stopping.is_set() and not tasks:
                     break
-                upcoming = asyncio.create_task(self._take_and_decode())
                 await self._infer(tasks)
+                upcoming = asyncio.create_task(self._take_and_decode())
                 if storing is not None:
                     await storing
                 storing = asyncio.create_task(self._store_all(tasks))
