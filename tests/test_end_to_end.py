@@ -97,6 +97,8 @@ async def test_uploaded_images_become_events_on_the_websocket_and_in_the_databas
     try:
         events = {r["batch_id"]: r for r in await conn.fetch("SELECT * FROM events")}
         detections = {r["id"]: r for r in await conn.fetch("SELECT * FROM detections")}
+        # The daemon's own log lines, with their context, reach the logs table too.
+        logged = await conn.fetch("SELECT * FROM logs WHERE message = 'image_processed'")
     finally:
         await conn.close()
     fast_row, batched_row = events[fast["data"]["batch_id"]], events[batched["data"]["batch_id"]]
@@ -109,6 +111,8 @@ async def test_uploaded_images_become_events_on_the_websocket_and_in_the_databas
     assert sorted(Path(detections[i]["file_path"]).name for i in car_ids) == ["car1.jpg",
                                                                                "car2.jpg"]
     assert len(detections) == 3  # each image read once, though written in pieces
+    assert {(r["camera_id"], r["component"], r["source"], r["level"]) for r in logged} == {
+        ("front_door", "hsid.pipeline.detect_worker", "backend", "INFO")}
     assert metrics[("hsid_images_processed_total", "front_door")] == 3
     assert metrics[("hsid_images_received_total", "front_door")] == 3
     assert metrics[("hsid_detections_total", "person")] == 1
