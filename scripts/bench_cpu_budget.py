@@ -35,12 +35,8 @@ from hsid.config import AnalyzerConfig, DetectorConfig
 from hsid.logging import configure_logging
 from hsid.models.tiny_detector import write_tiny_detector
 from hsid.models.tiny_llm import smollm2_path, write_tiny_gguf
-from hsid.pipeline.analyzer import (
-    BatchContext,
-    DetectionContext,
-    LlmAnalyzer,
-    PromptSettings,
-)
+from hsid.pipeline.analyzer import LlmAnalyzer, PromptSettings
+from hsid.pipeline.assessment import BatchContext, DetectionContext
 from hsid.pipeline.detector import Detector, decode
 from hsid.pipeline.prompts import default_settings
 

@@ -21,7 +21,8 @@ import structlog
 from hsid import constants, metrics
 from hsid.config import Config
 from hsid.errors import PermanentError, TransientError
-from hsid.pipeline.analyzer import BatchContext, DetectionContext, RiskAssessment, RiskScorer
+from hsid.pipeline.analyzer import RiskScorer
+from hsid.pipeline.assessment import BatchContext, DetectionContext, RiskAssessment
 from hsid.pipeline.batcher import is_fast_path
 from hsid.pipeline.detector import image_header
 from hsid.pipeline.prompts import active_settings

@@ -1,5 +1,5 @@
-"""Risk analysis of a batch of detections: the local LLM under a grammar and a deadline, with a
-rule-based scorer standing in whenever the LLM cannot answer."""
+"""Risk analysis of a batch of detections: the local LLM under a grammar and a deadline, with the
+rule-based scorer (rules.py) standing in whenever the LLM cannot answer."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import json
 import os
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +16,15 @@ import structlog
 
 from hsid.config import AnalyzerConfig
 from hsid.errors import TransientError, Unavailable
+from hsid.pipeline.assessment import (
+    BatchContext,
+    DetectionContext,
+    RiskAssessment,
+    class_counts,
+    risk_level_for,
+    time_of_day,
+)
+from hsid.pipeline.rules import fallback_assessment
 
 if TYPE_CHECKING:
     import llama_cpp
@@ -25,9 +32,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-RISK_LEVELS = ("low", "medium", "high", "critical")
-SUMMARY_MAX_CHARS = 200
-REASONING_MAX_CHARS = 600
 # A batch may hold hundreds of detections; past this many the prompt lists only class counts,
 # so the prompt stays far inside n_ctx and prompt processing inside the deadline.
 PROMPT_MAX_DETECTIONS = 20
@@ -61,8 +65,8 @@ notification) and "reasoning" (two or three sentences on what drove the score)."
 
 # Exactly the four keys in order. Strings: printable characters only (no control characters,
 # no surrogates), a visible character first, at most SUMMARY_MAX_CHARS / REASONING_MAX_CHARS
-# (lead + 199, lead + 599: keep in step). The integer range 0..100 is the grammar's own doing.
-# Whitespace is bounded so a model cannot loop on it.
+# (assessment.py; lead + 199, lead + 599: keep in step). The integer range 0..100 is the
+# grammar's own doing. Whitespace is bounded so a model cannot loop on it.
 RISK_GRAMMAR = r"""
 root         ::= "{" ws score-kv "," ws level-kv "," ws summary-kv "," ws reasoning-kv ws "}"
 score-kv     ::= "\"risk_score\":" sp ("100" | [1-9] [0-9] | [0-9])
@@ -76,23 +80,6 @@ ws           ::= ("\n" [ ]{0,4} | " ")?
 sp           ::= " "?
 """
 
-# --- Rule-based scorer tunables -------------------------------------------------------------
-# Points for the most worrying detection at full confidence; people matter most at a home.
-CLASS_WEIGHTS: dict[str, int] = {
-    "person": 50,
-    "car": 25, "truck": 25, "motorcycle": 25, "bus": 20, "bicycle": 20,
-    "dog": 8, "cat": 4, "bird": 2,
-}
-UNKNOWN_CLASS_WEIGHT = 10
-SIGNIFICANT_WEIGHT = 20  # people and vehicles: the classes whose numbers and hour matter
-NIGHT_FACTOR = 1.5  # a person at the door at 02:00 is a different matter than at 14:00
-# Per further person or vehicle detection. Kept small: a batch counts detections, not distinct
-# people, and one person crossing the yard shows up in several snapshots.
-COUNT_BONUS = 5
-COUNT_BONUS_CAP = 15
-NIGHT_HOURS = (22, 6)  # [start, end) in local time
-
-
 @dataclass(frozen=True, slots=True)
 class PromptSettings:
     """The active prompt_configs row for the analyzer model."""
@@ -100,41 +87,6 @@ class PromptSettings:
     system_prompt: str
     temperature: float
     max_tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class DetectionContext:
-    """One detection as the prompt describes it; bbox is (x1, y1, x2, y2) in image pixels."""
-
-    object_type: str
-    confidence: float
-    bbox: tuple[int, int, int, int]
-    image_width: int
-    image_height: int
-    zones: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class BatchContext:
-    """What the analyzer knows about a batch; extra_context holds lines from enrichment
-    services (baseline anomaly, scene changes, known entities), already phrased for the prompt."""
-
-    camera_name: str
-    local_time: datetime
-    detections: list[DetectionContext]
-    extra_context: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class RiskAssessment:
-    """The verdict stored on the event; fallback_reason says why the LLM was not used."""
-
-    risk_score: int
-    risk_level: str
-    summary: str
-    reasoning: str
-    used_llm: bool
-    fallback_reason: str | None = None
 
 
 class AnalysisTimeout(TransientError, TimeoutError):
@@ -149,12 +101,6 @@ class AnalysisFailed(TransientError):
     code = "analysis_failed"
 
 
-def risk_level_for(score: int, config: AnalyzerConfig) -> str:
-    """The level for a score by the configured thresholds; the only source of risk_level."""
-    thresholds = (config.risk_medium, config.risk_high, config.risk_critical)
-    return RISK_LEVELS[sum(score >= threshold for threshold in thresholds)]
-
-
 # --- Prompt ----------------------------------------------------------------------------------
 
 
@@ -163,7 +109,7 @@ def build_prompt(ctx: BatchContext) -> str:
     lines = [
         f"Camera: {ctx.camera_name}",
         f"Local time: {ctx.local_time:%A %Y-%m-%d %H:%M} ({time_of_day(ctx.local_time)})",
-        f"Detections ({len(ctx.detections)}): {_class_counts(ctx.detections) or 'none'}",
+        f"Detections ({len(ctx.detections)}): {class_counts(ctx.detections) or 'none'}",
     ]
     shown = ctx.detections[:PROMPT_MAX_DETECTIONS]
     lines += [f"{i}. {describe_detection(d)}" for i, d in enumerate(shown, start=1)]
@@ -190,25 +136,8 @@ def describe_detection(d: DetectionContext) -> str:
     return text + (f", zones: {', '.join(d.zones)}" if d.zones else "")
 
 
-def time_of_day(moment: datetime) -> str:
-    hour = moment.hour
-    if is_night(moment):
-        return "night"
-    return "morning" if hour < 12 else "afternoon" if hour < 18 else "evening"
-
-
-def is_night(moment: datetime) -> bool:
-    start, end = NIGHT_HOURS
-    return moment.hour >= start or moment.hour < end
-
-
 def _third(position: float, names: tuple[str, str, str]) -> str:
     return names[min(max(int(position * 3), 0), 2)]
-
-
-def _class_counts(detections: list[DetectionContext]) -> str:
-    counts = Counter(d.object_type for d in detections)
-    return ", ".join(f"{n} {name}" for name, n in counts.most_common())
 
 
 # --- LLM -------------------------------------------------------------------------------------
@@ -396,58 +325,6 @@ def parse_response(text: str, config: AnalyzerConfig) -> RiskAssessment:
     if data.get("risk_level") != level:
         log.debug("model_risk_level_replaced", model_level=data.get("risk_level"), level=level)
     return RiskAssessment(score, level, summary.strip(), reasoning.strip(), used_llm=True)
-
-
-# --- Rule-based scorer -----------------------------------------------------------------------
-
-
-def fallback_assessment(ctx: BatchContext, reason: str, config: AnalyzerConfig) -> RiskAssessment:
-    """Score a batch by fixed rules: the most worrying class scaled by its confidence, raised
-    at night and by the number of people and vehicles. Never raises; used whenever the LLM
-    cannot answer, so an event is never lost for want of a model."""
-    night = is_night(ctx.local_time)
-    if not ctx.detections:
-        return _assessment(0, ctx, night, reason, "There were no detections to score.", config)
-    top = max(ctx.detections, key=_weighted)
-    weight = _class_weight(top.object_type)
-    significant = sum(_class_weight(d.object_type) >= SIGNIFICANT_WEIGHT for d in ctx.detections)
-    points = _weighted(top)
-    why = [f"Strongest detection: {top.object_type} at {top.confidence:.2f} confidence "
-           f"(weight {weight})."]
-    if night and weight >= SIGNIFICANT_WEIGHT:
-        points *= NIGHT_FACTOR
-        why.append(f"Night time multiplied it by {NIGHT_FACTOR:g}.")
-    if significant > 1:
-        bonus = min(COUNT_BONUS * (significant - 1), COUNT_BONUS_CAP)
-        points += bonus
-        why.append(f"{significant} people or vehicles in the batch added {bonus}.")
-    return _assessment(round(min(points, 100)), ctx, night, reason, " ".join(why), config)
-
-
-def _class_weight(object_type: str) -> int:
-    return CLASS_WEIGHTS.get(object_type, UNKNOWN_CLASS_WEIGHT)
-
-
-def _weighted(d: DetectionContext) -> float:
-    """Class weight scaled by confidence: a 0.5 detection counts three quarters of a sure one."""
-    return _class_weight(d.object_type) * (0.5 + 0.5 * min(max(d.confidence, 0.0), 1.0))
-
-
-def _assessment(
-    score: int, ctx: BatchContext, night: bool, reason: str, why: str, config: AnalyzerConfig
-) -> RiskAssessment:
-    seen = _class_counts(ctx.detections) or "nothing"
-    when = "at night" if night else f"in the {time_of_day(ctx.local_time)}"
-    summary = f"{ctx.camera_name}: {seen} {when} ({ctx.local_time:%a %H:%M})."
-    reasoning = f"Rule-based score; the LLM was not used ({reason}). {why}"
-    return RiskAssessment(
-        risk_score=score,
-        risk_level=risk_level_for(score, config),
-        summary=summary[:SUMMARY_MAX_CHARS],
-        reasoning=reasoning[:REASONING_MAX_CHARS],
-        used_llm=False,
-        fallback_reason=reason,
-    )
 
 
 # --- Facade ----------------------------------------------------------------------------------

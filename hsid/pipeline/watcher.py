@@ -3,7 +3,8 @@
 FTP uploads arrive in pieces, so a file is taken only once it is complete: a JPEG must end
 with its end-of-image marker and a PNG with its IEND chunk, and size and mtime must have been
 stable for the settle time (short for a finished JPEG). A file that never completes is given
-up after `give_up_seconds`. Files that arrived while hsid was down are found at start-up.
+up after `give_up_seconds` (the rules are in settle.py). Files that arrived while hsid was
+down are found at start-up.
 """
 
 from __future__ import annotations
@@ -11,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import stat
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import Enum, StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +37,7 @@ from hsid.pipeline.cameras import (
     scan_images,
 )
 from hsid.pipeline.dedupe import claim, release
+from hsid.pipeline.settle import Completeness, Probe, SettleTracker, Verdict, probe_file
 
 if TYPE_CHECKING:
     from hsid.queues import ReliableQueue
@@ -50,37 +50,8 @@ STATUS_CHECK_SECONDS = 10.0  # folder-gone and offline rules; sooner for a short
 # snapshot is seen within a fraction of a second even while other cameras keep uploading.
 WATCH_STEP_MS = 50
 WATCH_DEBOUNCE_MS = 200
-TAKEN_MEMORY = 10_000  # taken files whose (size, mtime) we remember, to ignore late events
-
-JPEG_SOI, JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk, always last
 
 SELECT_PROCESSED_FILES = "SELECT file_path FROM detections WHERE file_path = any($1::text[])"
-
-
-class Completeness(StrEnum):
-    JPEG = "jpeg"  # starts like a JPEG and ends with the end-of-image marker
-    PNG = "png"  # starts like a PNG and ends with the IEND chunk
-    UNKNOWN = "unknown"  # neither by content: only stability can tell
-    INCOMPLETE = "incomplete"  # a JPEG or PNG without its end, or too short to tell
-
-
-class Verdict(Enum):
-    WAIT = "wait"
-    READY = "ready"
-    UNCHANGED = "unchanged"  # complete, but exactly as when we last took it
-    GIVE_UP = "give_up"
-    GONE = "gone"
-
-
-@dataclass(frozen=True, slots=True)
-class Probe:
-    """One look at a file: what decides whether it is still being written."""
-
-    size: int
-    mtime_ns: int
-    completeness: Completeness
 
 
 @dataclass(slots=True)
@@ -91,47 +62,6 @@ class ChangeSet:
     new_folders: list[Path] = field(default_factory=list)
     candidates: list[Path] = field(default_factory=list)
     folder_gone: bool = False  # a camera folder disappeared
-
-
-@dataclass(slots=True)
-class _Pending:
-    first_seen: float
-    stable_since: float
-    signature: tuple[int, int] | None = None
-
-
-def completeness(size: int, head: bytes, tail: bytes) -> Completeness:
-    """Judge a file by its first 8 and last 12 bytes."""
-    if head.startswith(JPEG_SOI):
-        return Completeness.JPEG if tail.endswith(JPEG_EOI) else Completeness.INCOMPLETE
-    if head.startswith(PNG_SIGNATURE):
-        return Completeness.PNG if tail.endswith(PNG_IEND) else Completeness.INCOMPLETE
-    return Completeness.INCOMPLETE if size < len(PNG_SIGNATURE) else Completeness.UNKNOWN
-
-
-def probe_file(path: Path) -> Probe | None:
-    """Size, mtime and completeness of a regular file (following links); None if it is not one.
-
-    Blocking. A file we may not read is reported as UNKNOWN, so that it settles and taking
-    it says why it was refused.
-    """
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    if not stat.S_ISREG(info.st_mode):
-        return None
-    try:
-        # O_NONBLOCK: a FIFO swapped in under an image name must not hang the thread.
-        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
-            head = file.read(len(PNG_SIGNATURE))
-            file.seek(max(0, info.st_size - len(PNG_IEND)))
-            tail = file.read()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return Probe(info.st_size, info.st_mtime_ns, Completeness.UNKNOWN)
-    return Probe(info.st_size, info.st_mtime_ns, completeness(info.st_size, head, tail))
 
 
 def sort_changes(batch: set[tuple[Change, str]], root: Path) -> ChangeSet:
@@ -159,59 +89,6 @@ def sort_changes(batch: set[tuple[Change, str]], root: Path) -> ChangeSet:
 def utc_timestamp() -> str:
     """Now in UTC as the reference writes it: `2025-12-23T10:30:00.000000`."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
-
-
-class SettleTracker:
-    """Decides from successive probes when a pending file is complete; pure, time passed in."""
-
-    def __init__(self, config: WatcherConfig) -> None:
-        self._config = config
-        self._pending: dict[Path, _Pending] = {}
-        self._taken: dict[Path, tuple[int, int]] = {}
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-    def track(self, path: Path, now: float) -> None:
-        """Start watching `path`; a path already pending keeps its first-seen time."""
-        self._pending.setdefault(path, _Pending(first_seen=now, stable_since=now))
-
-    def discard(self, path: Path) -> None:
-        self._pending.pop(path, None)
-
-    def pending(self) -> list[Path]:
-        return list(self._pending)
-
-    def check(self, path: Path, probe: Probe, now: float) -> Verdict:
-        """The verdict for `path` after this probe; READY, UNCHANGED and GIVE_UP untrack it."""
-        entry = self._pending.get(path)
-        if entry is None:
-            return Verdict.GONE
-        signature = (probe.size, probe.mtime_ns)
-        if signature != entry.signature:
-            entry.signature, entry.stable_since = signature, now
-        settle = self._settle_seconds(probe.completeness)
-        if settle is not None and now - entry.stable_since >= settle:
-            del self._pending[path]
-            return Verdict.UNCHANGED if self._taken.get(path) == signature else Verdict.READY
-        if now - entry.first_seen >= self._config.give_up_seconds:
-            del self._pending[path]
-            return Verdict.GIVE_UP
-        return Verdict.WAIT
-
-    def remember_taken(self, path: Path, probe: Probe) -> None:
-        """Remember what was taken, so a late event for the same bytes is not a new image."""
-        self._taken.pop(path, None)
-        self._taken[path] = (probe.size, probe.mtime_ns)
-        if len(self._taken) > TAKEN_MEMORY:
-            del self._taken[next(iter(self._taken))]
-
-    def _settle_seconds(self, kind: Completeness) -> float | None:
-        if kind is Completeness.INCOMPLETE:
-            return None
-        if kind is Completeness.JPEG:
-            return self._config.jpeg_settle_seconds
-        return self._config.settle_seconds
 
 
 class Watcher:

@@ -1,4 +1,4 @@
-"""Tests for hsid/pipeline/analyzer.py: the LLM under its grammar and deadline, and the rules."""
+"""Tests for hsid/pipeline/analyzer.py: the LLM under its grammar and deadline."""
 
 from __future__ import annotations
 
@@ -18,19 +18,20 @@ from hsid.models.tiny_llm import SMOLLM2_DISTRIBUTION, smollm2_path, write_tiny_
 from hsid.pipeline.analyzer import (
     DEFAULT_SYSTEM_PROMPT,
     PROMPT_MAX_DETECTIONS,
-    REASONING_MAX_CHARS,
-    SUMMARY_MAX_CHARS,
     AnalysisFailed,
     AnalysisTimeout,
-    BatchContext,
-    DetectionContext,
     LlmAnalyzer,
     PromptSettings,
     RiskScorer,
     build_prompt,
     default_llm_threads,
-    fallback_assessment,
     parse_response,
+)
+from hsid.pipeline.assessment import (
+    REASONING_MAX_CHARS,
+    SUMMARY_MAX_CHARS,
+    BatchContext,
+    DetectionContext,
     risk_level_for,
 )
 
@@ -302,44 +303,3 @@ def test_prompt_lists_a_bounded_number_of_detections() -> None:
 def test_llm_threads_default_to_the_cores_the_detector_leaves() -> None:
     assert default_llm_threads(3) == 3
     assert default_llm_threads(0) >= 1
-
-
-# --- Rule-based scorer ----------------------------------------------------------------------
-
-
-def score(ctx: BatchContext) -> int:
-    return fallback_assessment(ctx, "test", AnalyzerConfig()).risk_score
-
-
-def test_person_at_night_scores_higher_than_a_cat_by_day() -> None:
-    assert score(batch(person(), at=NIGHT)) > score(batch(cat(), at=DAY))
-    assert score(batch(person(), at=NIGHT)) > score(batch(person(), at=DAY))
-
-
-def test_more_people_score_higher() -> None:
-    one, three = score(batch(person())), score(batch(person(), person(), person()))
-    assert three > one
-
-
-def test_higher_confidence_scores_higher() -> None:
-    assert score(batch(person(0.95))) > score(batch(person(0.4)))
-
-
-def test_fallback_is_consistent_and_says_why() -> None:
-    config = AnalyzerConfig()
-    result = fallback_assessment(batch(person(), person(), cat()), "model missing", config)
-    assert not result.used_llm and result.fallback_reason == "model missing"
-    assert 0 <= result.risk_score <= 100
-    assert result.risk_level == risk_level_for(result.risk_score, config)
-    assert "LLM was not used" in result.reasoning and "model missing" in result.reasoning
-    assert "Front Door" in result.summary and len(result.summary) <= SUMMARY_MAX_CHARS
-
-
-def test_empty_batch_scores_zero() -> None:
-    result = fallback_assessment(batch(at=DAY), "test", AnalyzerConfig())
-    assert (result.risk_score, result.risk_level) == (0, "low")
-
-
-def test_count_bonus_is_capped() -> None:
-    crowd = score(batch(*[person(1.0)] * 50))
-    assert crowd == score(batch(*[person(1.0)] * 4)) <= 100

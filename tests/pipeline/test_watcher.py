@@ -20,17 +20,10 @@ import pytest
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
-from hsid.config import Config, WatcherConfig
+from hsid.config import Config
 from hsid.constants import DETECTION_QUEUE
 from hsid.metrics import REGISTRY
-from hsid.pipeline.watcher import (
-    Completeness,
-    Probe,
-    SettleTracker,
-    Verdict,
-    Watcher,
-    completeness,
-)
+from hsid.pipeline.watcher import Watcher
 from hsid.queues import ReliableQueue
 
 FAST = {"settle_seconds": 0.3, "jpeg_settle_seconds": 0.1, "give_up_seconds": 1.0}
@@ -44,11 +37,6 @@ def jpeg(seed: int, size: int = 64) -> bytes:
     ok, encoded = cv2.imencode(".jpg", pixels)
     assert ok
     return encoded.tobytes()
-
-
-def png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)
-    return cv2.imencode(".png", pixels)[1].tobytes()
 
 
 async def queued(redis: aioredis.Redis) -> list[dict[str, Any]]:
@@ -101,83 +89,6 @@ def counter(name: str, camera: str) -> float:
 
 async def status(db: asyncpg.Pool, camera_id: str) -> str | None:
     return await db.fetchval("SELECT status FROM cameras WHERE id = $1", camera_id)
-
-
-# --- the settle rules, with a fake clock -------------------------------------------------------
-
-
-def probe(size: int, mtime_ns: int = 1, kind: Completeness = Completeness.JPEG) -> Probe:
-    return Probe(size, mtime_ns, kind)
-
-
-def test_growing_file_waits_until_complete_and_stable() -> None:
-    tracker = SettleTracker(WatcherConfig(**{**FAST, "give_up_seconds": 60.0}))
-    path = Path("cam/a.jpg")
-    tracker.track(path, now=0.0)
-
-    assert tracker.check(path, probe(10, 1, Completeness.INCOMPLETE), 0.0) is Verdict.WAIT
-    # Stable far past the settle time, but the end-of-image marker is missing.
-    assert tracker.check(path, probe(10, 1, Completeness.INCOMPLETE), 5.0) is Verdict.WAIT
-    assert tracker.check(path, probe(20, 2), 5.5) is Verdict.WAIT  # complete, not yet stable
-    assert tracker.check(path, probe(20, 2), 5.55) is Verdict.WAIT
-    assert tracker.check(path, probe(20, 2), 5.75) is Verdict.READY
-    assert tracker.pending() == []
-
-
-def test_unknown_content_takes_the_full_settle_time() -> None:
-    tracker = SettleTracker(WatcherConfig(**FAST))
-    path = Path("cam/a.png")
-    tracker.track(path, now=0.0)
-    unknown = probe(100, 1, Completeness.UNKNOWN)
-
-    assert tracker.check(path, unknown, 0.0) is Verdict.WAIT
-    assert tracker.check(path, unknown, 0.2) is Verdict.WAIT
-    assert tracker.check(path, unknown, 0.3) is Verdict.READY
-
-
-def test_file_that_never_completes_is_given_up() -> None:
-    tracker = SettleTracker(WatcherConfig(**FAST))
-    path = Path("cam/a.jpg")
-    tracker.track(path, now=0.0)
-    tracker.track(path, now=0.5)  # a later event keeps the first-seen time
-
-    assert tracker.check(path, probe(10, 1, Completeness.INCOMPLETE), 0.6) is Verdict.WAIT
-    assert tracker.check(path, probe(10, 1, Completeness.INCOMPLETE), 1.0) is Verdict.GIVE_UP
-    assert len(tracker) == 0
-
-
-def test_late_event_for_a_taken_file_is_unchanged() -> None:
-    tracker = SettleTracker(WatcherConfig(**FAST))
-    path = Path("cam/a.jpg")
-    tracker.track(path, now=0.0)
-    tracker.check(path, probe(20), 0.0)
-    assert tracker.check(path, probe(20), 0.5) is Verdict.READY
-    tracker.remember_taken(path, probe(20))
-
-    tracker.track(path, now=5.0)
-    tracker.check(path, probe(20), 5.0)
-    assert tracker.check(path, probe(20), 5.5) is Verdict.UNCHANGED
-    tracker.track(path, now=9.0)  # rewritten with new bytes: a new image
-    tracker.check(path, probe(30, 2), 9.0)
-    assert tracker.check(path, probe(30, 2), 9.5) is Verdict.READY
-
-
-def test_discarded_file_is_gone() -> None:
-    tracker = SettleTracker(WatcherConfig(**FAST))
-    tracker.track(Path("cam/a.jpg"), now=0.0)
-    tracker.discard(Path("cam/a.jpg"))
-    assert tracker.check(Path("cam/a.jpg"), probe(20), 1.0) is Verdict.GONE
-
-
-def test_completeness_by_content() -> None:
-    image = jpeg(1)
-    assert completeness(len(image), image[:8], image[-12:]) is Completeness.JPEG
-    assert completeness(100, image[:8], image[40:52]) is Completeness.INCOMPLETE
-    picture = png(1)
-    assert completeness(len(picture), picture[:8], picture[-12:]) is Completeness.PNG
-    assert completeness(100, picture[:8], picture[20:32]) is Completeness.INCOMPLETE
-    assert completeness(3, b"abc", b"abc") is Completeness.INCOMPLETE
-    assert completeness(20, b"plain text", b"more text") is Completeness.UNKNOWN
 
 
 # --- the stage, on real folders and stores -----------------------------------------------------
