@@ -20,6 +20,7 @@ from hsid.api.queries import (
     update_one,
 )
 from hsid.api.routing import ApiRoutes, Audit, Call
+from hsid.pipeline.assessment import RISK_LEVELS
 
 EVENT_COLUMNS = (
     "id, batch_id, camera_id, started_at, ended_at, risk_score, risk_level, summary, "
@@ -72,7 +73,6 @@ LIST_EVENTS = Listing(
     row=event_json,
 )
 
-RISK_LEVELS = ("low", "medium", "high", "critical")
 # Risk analysis is immutable (the reference): a body naming these is refused, not ignored.
 IMMUTABLE = frozenset({
     "id", "batch_id", "camera_id", "started_at", "ended_at", "risk_score", "risk_level",
