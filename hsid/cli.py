@@ -100,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _models(config: Config, action: str, names: list[str], dest: Path | None) -> int:
-    from hsid.models.fetch import fetch_models, list_models, manifest_path
+    from hsid.models.fetch import fetch_models, manifest_path
+    from hsid.models.inventory import list_models
 
     dest = dest or config.paths.state_dir / "models"
     if action == "list":

@@ -1,0 +1,63 @@
+"""Listing model files: what is present in the models directory and what the config names."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from hsid.models.inventory import list_models
+
+PAYLOAD = bytes(3 * (1 << 20) + 12_345)  # 3.2 MB; listing compares sizes, never hashes
+PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+SHIPPED_MANIFEST = Path(__file__).resolve().parents[2] / "models" / "manifest.toml"
+
+
+def _write_manifest(path: Path, url: str, names: tuple[str, ...]) -> Path:
+    tables = [
+        f'[[model]]\nname = "{name}"\nrole = "analyzer"\nconfig_key = "analyzer.model"\n'
+        f'filename = "{name}.gguf"\nurl = "{url}"\nsha256 = "{PAYLOAD_SHA}"\n'
+        f'size = {len(PAYLOAD)}\nlicence = "test"\n'
+        for name in names
+    ]
+    path.write_text("\n".join(tables), encoding="utf-8")
+    return path
+
+
+def test_list_models_reports_files_and_configured_paths(tmp_path: Path) -> None:
+    manifest = _write_manifest(
+        tmp_path / "manifest.toml", "https://example.org/x", ("done", "half", "absent", "wrong")
+    )
+    dest = tmp_path / "models"
+    dest.mkdir()
+    (dest / "done.gguf").write_bytes(PAYLOAD)
+    (dest / "half.gguf.part").write_bytes(PAYLOAD[:2_000_000])
+    (dest / "wrong.gguf").write_bytes(b"short")
+    configured = {
+        "detector.model": "",
+        "analyzer.model": str(dest / "done.gguf"),
+        "other.model": str(dest / "gone.gguf"),
+    }
+
+    text = "\n".join(list_models(manifest, dest, configured))
+
+    assert re.search(r"done .*done\.gguf: present, 3\.2 MB, size matches$", text, re.M)
+    assert re.search(
+        r"half .*: partial, 2\.0 MB of 3\.2 MB; `hsid models fetch half` resumes", text
+    )
+    assert "absent.gguf: missing; `hsid models fetch absent` downloads it" in text
+    assert "wrong.gguf: present, 0.0 MB, WRONG SIZE" in text
+    assert "detector.model = (not set)" in text
+    assert f"analyzer.model = {dest / 'done.gguf'}: exists, 3.2 MB, manifest entry done" in text
+    assert f"other.model = {dest / 'gone.gguf'}: MISSING, not from the manifest" in text
+
+
+def test_list_models_flags_files_without_checksum(tmp_path: Path) -> None:
+    dest = tmp_path / "models"
+    dest.mkdir()
+    (dest / "rtdetrv2_r18vd_120e_coco.onnx").write_bytes(b"x")
+
+    lines = list_models(SHIPPED_MANIFEST, dest, {})
+
+    line = next(line for line in lines if "rtdetrv2_r18vd_120e_coco.onnx" in line)
+    assert "unverified: no checksum in manifest" in line
