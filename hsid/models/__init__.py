@@ -1,1 +1,1 @@
-"""Model files: tiny test models built on the spot, and fetching real ones."""
+"""Model files: tiny test models built on the spot, and fetching and listing real ones."""
