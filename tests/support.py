@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import signal
@@ -41,15 +42,19 @@ def http_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
         return 0, None
 
 
-async def eventually(probe: Callable[[], Awaitable[T | None]], within: float = 10.0) -> T:
-    """Await `probe()` until it returns something truthy; fail after `within` seconds."""
+async def eventually(probe: Callable[[], T | Awaitable[T | None] | None], within: float = 10.0,
+                     what: str = "condition") -> T:
+    """Call (and await, if need be) `probe()` until it returns something truthy; fail naming
+    `what` after `within` seconds."""
     deadline = time.monotonic() + within
     while True:
-        result = await probe()
+        result = probe()
+        if inspect.isawaitable(result):
+            result = await result
         if result:
             return result
-        assert time.monotonic() < deadline, f"condition not met within {within} s"
-        await asyncio.sleep(0.05)
+        assert time.monotonic() < deadline, f"{what} not met within {within} s"
+        await asyncio.sleep(0.02)
 
 
 class Daemon:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import uuid
-from collections.abc import Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -16,8 +14,7 @@ from aiohttp.test_utils import TestClient
 from hsid.api.websocket import RELAYS, TOO_SLOW_CODE, Relay
 from hsid.constants import SECURITY_EVENTS_CHANNEL, SYSTEM_STATUS_CHANNEL
 from tests.api.conftest import MakeClient
-
-EVENTUALLY_SECONDS = 10.0
+from tests.support import eventually
 
 
 @pytest.fixture
@@ -32,16 +29,6 @@ async def ws_client(make_client: MakeClient) -> TestClient:
 
 def relay_of(client: TestClient, channel: str = SECURITY_EVENTS_CHANNEL) -> Relay:
     return client.app[RELAYS][channel]
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]]) -> None:
-    """Wait (up to EVENTUALLY_SECONDS) until `check()` (plain or awaitable) is true."""
-    async with asyncio.timeout(EVENTUALLY_SECONDS):
-        while True:
-            result = check()
-            if await result if inspect.isawaitable(result) else result:
-                return
-            await asyncio.sleep(0.02)
 
 
 async def subscribers(redis: aioredis.Redis, channel: str) -> int:

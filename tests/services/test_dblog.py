@@ -20,7 +20,7 @@ from hsid.metrics import REGISTRY
 from hsid.services import dblog
 from hsid.services.dblog import DatabaseLogHandler
 from tests.conftest import free_port
-from tests.services import eventually
+from tests.support import eventually
 
 SELECT_LOGS = """
 SELECT level, component, message, camera_id, event_id, request_id, detection_id, duration_ms,
@@ -78,7 +78,7 @@ async def wait_for_rows(db: asyncpg.Pool, count: int) -> list[asyncpg.Record]:
     async def enough() -> bool:
         return await db.fetchval("SELECT count(*) FROM logs") >= count
 
-    await eventually(enough, f"{count} log row(s)")
+    await eventually(enough, within=5.0, what=f"{count} log row(s)")
     return await db.fetch(SELECT_LOGS)
 
 

@@ -13,7 +13,7 @@ from hsid.config import GpuConfig
 from hsid.metrics import REGISTRY
 from hsid.services.gpu import GpuMonitor, GpuSample, gpu_names, sample_gpu
 from hsid.services.health import Health
-from tests.services import eventually
+from tests.support import eventually
 
 HAS_GPU = bool(gpu_names())
 FAKE_SAMPLE = GpuSample(gpu_name="Fake RTX", gpu_utilization=42.0, memory_used=2048,
@@ -44,7 +44,7 @@ async def test_monitor_without_a_gpu_says_so_once_and_stores_nothing(db: asyncpg
         async def said_so() -> bool:
             return health.info.get("gpu") == "no GPU"
 
-        await eventually(said_so, 'health.info["gpu"] == "no GPU"')
+        await eventually(said_so, within=5.0, what='health.info["gpu"] == "no GPU"')
         await asyncio.sleep(1.2)  # a few poll intervals
         stopping.set()
         await asyncio.wait_for(task, 1.0)
@@ -81,7 +81,7 @@ async def test_monitor_stores_each_sample_of_a_gpu_and_sets_the_gauges(db: async
     async def two_rows() -> bool:
         return await db.fetchval("SELECT count(*) FROM gpu_stats") >= 2
 
-    await eventually(two_rows, "two gpu_stats rows")
+    await eventually(two_rows, within=5.0, what="two gpu_stats rows")
     stopping.set()
     await asyncio.wait_for(task, 1.0)
 
