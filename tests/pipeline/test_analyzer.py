@@ -7,7 +7,6 @@ import json
 import re
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -30,10 +29,9 @@ from hsid.pipeline.analyzer import (
 from hsid.pipeline.assessment import (
     REASONING_MAX_CHARS,
     SUMMARY_MAX_CHARS,
-    BatchContext,
-    DetectionContext,
     risk_level_for,
 )
+from tests.pipeline.samples import DAY, NIGHT, batch, cat, person
 
 # The grammar, restated as a regex: the reply must be exactly this shape.
 _WS = r'(?:\n {0,4}| )?'
@@ -46,23 +44,7 @@ REPLY_SHAPE = re.compile(
     + _WS + r'"reasoning": ?' + _STR + _WS + r'\}'
 )
 
-TZ = timezone(timedelta(hours=2))
-NIGHT = datetime(2024, 6, 11, 2, 14, tzinfo=TZ)  # a Tuesday
-DAY = datetime(2024, 6, 11, 14, 5, tzinfo=TZ)
 SETTINGS = PromptSettings(DEFAULT_SYSTEM_PROMPT, temperature=1.0, max_tokens=1500)
-
-
-def person(confidence: float = 0.93, zones: list[str] | None = None) -> DetectionContext:
-    return DetectionContext("person", confidence, (100, 700, 400, 1060), 1920, 1080, zones or [])
-
-
-def cat(confidence: float = 0.93) -> DetectionContext:
-    return DetectionContext("cat", confidence, (900, 500, 1000, 560), 1920, 1080, [])
-
-
-def batch(*detections: DetectionContext, at: datetime = NIGHT, camera: str = "Front Door",
-          extra: list[str] | None = None) -> BatchContext:
-    return BatchContext(camera, at, list(detections), extra or [])
 
 
 @pytest.fixture(scope="module")

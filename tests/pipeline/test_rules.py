@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-
 from hsid.config import AnalyzerConfig
 from hsid.pipeline.assessment import (
     SUMMARY_MAX_CHARS,
     BatchContext,
-    DetectionContext,
     risk_level_for,
 )
 from hsid.pipeline.rules import fallback_assessment
-
-TZ = timezone(timedelta(hours=2))
-NIGHT = datetime(2024, 6, 11, 2, 14, tzinfo=TZ)  # a Tuesday
-DAY = datetime(2024, 6, 11, 14, 5, tzinfo=TZ)
-
-
-def person(confidence: float = 0.93, zones: list[str] | None = None) -> DetectionContext:
-    return DetectionContext("person", confidence, (100, 700, 400, 1060), 1920, 1080, zones or [])
-
-
-def cat(confidence: float = 0.93) -> DetectionContext:
-    return DetectionContext("cat", confidence, (900, 500, 1000, 560), 1920, 1080, [])
-
-
-def batch(*detections: DetectionContext, at: datetime = NIGHT, camera: str = "Front Door",
-          extra: list[str] | None = None) -> BatchContext:
-    return BatchContext(camera, at, list(detections), extra or [])
+from tests.pipeline.samples import DAY, NIGHT, batch, cat, person
 
 
 def score(ctx: BatchContext) -> int:

@@ -4,26 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from hsid.config import WatcherConfig
 from hsid.pipeline.settle import Completeness, Probe, SettleTracker, Verdict, completeness
-
-FAST = {"settle_seconds": 0.3, "jpeg_settle_seconds": 0.1, "give_up_seconds": 1.0}
-
-
-def jpeg(seed: int, size: int = 64) -> bytes:
-    """A real JPEG (starts FF D8, ends FF D9) whose content depends on `seed`."""
-    pixels = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
-    ok, encoded = cv2.imencode(".jpg", pixels)
-    assert ok
-    return encoded.tobytes()
-
-
-def png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)
-    return cv2.imencode(".png", pixels)[1].tobytes()
+from tests.pipeline.samples import FAST_SETTLE, jpeg, png
 
 
 def probe(size: int, mtime_ns: int = 1, kind: Completeness = Completeness.JPEG) -> Probe:
@@ -31,7 +14,7 @@ def probe(size: int, mtime_ns: int = 1, kind: Completeness = Completeness.JPEG) 
 
 
 def test_growing_file_waits_until_complete_and_stable() -> None:
-    tracker = SettleTracker(WatcherConfig(**{**FAST, "give_up_seconds": 60.0}))
+    tracker = SettleTracker(WatcherConfig(**{**FAST_SETTLE, "give_up_seconds": 60.0}))
     path = Path("cam/a.jpg")
     tracker.track(path, now=0.0)
 
@@ -45,7 +28,7 @@ def test_growing_file_waits_until_complete_and_stable() -> None:
 
 
 def test_unknown_content_takes_the_full_settle_time() -> None:
-    tracker = SettleTracker(WatcherConfig(**FAST))
+    tracker = SettleTracker(WatcherConfig(**FAST_SETTLE))
     path = Path("cam/a.png")
     tracker.track(path, now=0.0)
     unknown = probe(100, 1, Completeness.UNKNOWN)
@@ -56,7 +39,7 @@ def test_unknown_content_takes_the_full_settle_time() -> None:
 
 
 def test_file_that_never_completes_is_given_up() -> None:
-    tracker = SettleTracker(WatcherConfig(**FAST))
+    tracker = SettleTracker(WatcherConfig(**FAST_SETTLE))
     path = Path("cam/a.jpg")
     tracker.track(path, now=0.0)
     tracker.track(path, now=0.5)  # a later event keeps the first-seen time
@@ -67,7 +50,7 @@ def test_file_that_never_completes_is_given_up() -> None:
 
 
 def test_late_event_for_a_taken_file_is_unchanged() -> None:
-    tracker = SettleTracker(WatcherConfig(**FAST))
+    tracker = SettleTracker(WatcherConfig(**FAST_SETTLE))
     path = Path("cam/a.jpg")
     tracker.track(path, now=0.0)
     tracker.check(path, probe(20), 0.0)
@@ -83,7 +66,7 @@ def test_late_event_for_a_taken_file_is_unchanged() -> None:
 
 
 def test_discarded_file_is_gone() -> None:
-    tracker = SettleTracker(WatcherConfig(**FAST))
+    tracker = SettleTracker(WatcherConfig(**FAST_SETTLE))
     tracker.track(Path("cam/a.jpg"), now=0.0)
     tracker.discard(Path("cam/a.jpg"))
     assert tracker.check(Path("cam/a.jpg"), probe(20), 1.0) is Verdict.GONE

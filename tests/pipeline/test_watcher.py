@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import cv2
-import numpy as np
 import pytest
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
@@ -25,18 +23,10 @@ from hsid.constants import DETECTION_QUEUE
 from hsid.metrics import REGISTRY
 from hsid.pipeline.watcher import Watcher
 from hsid.queues import ReliableQueue
+from tests.pipeline.samples import FAST_SETTLE, jpeg
 
-FAST = {"settle_seconds": 0.3, "jpeg_settle_seconds": 0.1, "give_up_seconds": 1.0}
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}")
 WAIT_SECONDS = 5.0
-
-
-def jpeg(seed: int, size: int = 64) -> bytes:
-    """A real JPEG (starts FF D8, ends FF D9) whose content depends on `seed`."""
-    pixels = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
-    ok, encoded = cv2.imencode(".jpg", pixels)
-    assert ok
-    return encoded.tobytes()
 
 
 async def queued(redis: aioredis.Redis) -> list[dict[str, Any]]:
@@ -71,7 +61,7 @@ class Running:
 async def running_watcher(
     config: Config, db: asyncpg.Pool, redis: aioredis.Redis, **watcher: float
 ) -> AsyncIterator[Running]:
-    config = config.with_overrides({"watcher": {**FAST, **watcher}})
+    config = config.with_overrides({"watcher": {**FAST_SETTLE, **watcher}})
     stopping = asyncio.Event()
     queue = ReliableQueue(redis, DETECTION_QUEUE, "test", config.queues)
     stage = Watcher(config.paths, config.watcher, config.dedupe, db, redis, queue, stopping)

@@ -1,0 +1,43 @@
+"""Inputs shared by the pipeline tests: small real images and batch contexts."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import cv2
+import numpy as np
+
+from hsid.pipeline.assessment import BatchContext, DetectionContext
+
+# Watcher timings short enough for tests, long enough to tell the rules apart.
+FAST_SETTLE = {"settle_seconds": 0.3, "jpeg_settle_seconds": 0.1, "give_up_seconds": 1.0}
+
+TZ = timezone(timedelta(hours=2))
+NIGHT = datetime(2024, 6, 11, 2, 14, tzinfo=TZ)  # a Tuesday
+DAY = datetime(2024, 6, 11, 14, 5, tzinfo=TZ)
+
+
+def jpeg(seed: int, size: int = 64) -> bytes:
+    """A real JPEG (starts FF D8, ends FF D9) whose content depends on `seed`."""
+    pixels = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    ok, encoded = cv2.imencode(".jpg", pixels)
+    assert ok
+    return encoded.tobytes()
+
+
+def png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    return cv2.imencode(".png", pixels)[1].tobytes()
+
+
+def person(confidence: float = 0.93, zones: list[str] | None = None) -> DetectionContext:
+    return DetectionContext("person", confidence, (100, 700, 400, 1060), 1920, 1080, zones or [])
+
+
+def cat(confidence: float = 0.93) -> DetectionContext:
+    return DetectionContext("cat", confidence, (900, 500, 1000, 560), 1920, 1080, [])
+
+
+def batch(*detections: DetectionContext, at: datetime = NIGHT, camera: str = "Front Door",
+          extra: list[str] | None = None) -> BatchContext:
+    return BatchContext(camera, at, list(detections), extra or [])
