@@ -34,6 +34,10 @@ RETRY_DELAY_SECONDS = 1.0  # multiplied by the attempt number
 # No total deadline: an 8 GB file on a slow line takes hours. A stalled socket is what we catch.
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
 NO_CHECKSUM = "no checksum in manifest"
+# Where a manifest entry has no sha256, the first download's hash is recorded beside the file,
+# in `sha256sum` format, and later runs hold the file to it (trust on first use): a file that
+# changes on disk, or a URL that starts serving other bytes, is then caught.
+PIN_SUFFIX = ".sha256"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -242,13 +246,37 @@ def _check_present(entry: ModelEntry, target: Path) -> tuple[bool, str]:
             f"{entry.name}: {target} has {size} bytes, the manifest says "
             f"{entry.size}; downloading it again"
         )
-    if not entry.sha256:
+    expected, source = expected_sha256(entry, target)
+    if not expected:
         return True, f"{entry.name}: warning: {target} is present but NOT verified: {NO_CHECKSUM}"
-    if _hash_file(target, size).hexdigest() != entry.sha256:
+    if _hash_file(target, size).hexdigest() != expected:
         return False, (
-            f"{entry.name}: {target} does not match the manifest's sha256; downloading it again"
+            f"{entry.name}: {target} does not match the sha256 {source}; downloading it again"
         )
-    return True, f"{entry.name}: already present and verified ({target})"
+    if entry.sha256:
+        return True, f"{entry.name}: already present and verified ({target})"
+    return True, (
+        f"{entry.name}: already present, matches the sha256 {source} ({target}); "
+        f"NOT verified: {NO_CHECKSUM}"
+    )
+
+
+def expected_sha256(entry: ModelEntry, target: Path) -> tuple[str, str]:
+    """The sha256 `target` must have ("" when none is known) and where that value comes from."""
+    if entry.sha256:
+        return entry.sha256, "in the manifest"
+    pin = pin_path(target)
+    try:
+        recorded = pin.read_text(encoding="ascii").split(maxsplit=1)[0]
+    except (FileNotFoundError, IndexError, UnicodeDecodeError):
+        return "", ""
+    if not _SHA256.fullmatch(recorded):
+        return "", ""
+    return recorded, f"recorded at its first download ({pin})"
+
+
+def pin_path(target: Path) -> Path:
+    return target.with_name(target.name + PIN_SUFFIX)
 
 
 def _reopen_part(entry: ModelEntry, part: _PartFile) -> None:
@@ -343,7 +371,8 @@ async def _stream(
 
 
 def _install(entry: ModelEntry, part: _PartFile, target: Path, progress: Progress) -> Path:
-    """Give a finished download its final name, but only if it is what the manifest lists."""
+    """Give a finished download its final name, but only if it is what the manifest lists
+    (or, without a checksum there, what the first download recorded)."""
     actual = part.hasher.hexdigest()
     if entry.size and part.size != entry.size:
         part.path.unlink(missing_ok=True)
@@ -351,11 +380,15 @@ def _install(entry: ModelEntry, part: _PartFile, target: Path, progress: Progres
             f"{entry.name}: downloaded {part.size} bytes, the manifest says "
             f"{entry.size}; the download was removed"
         )
-    if entry.sha256 and actual != entry.sha256:
+    expected, source = expected_sha256(entry, target)
+    if expected and actual != expected:
         part.path.unlink(missing_ok=True)
+        advice = (
+            "" if entry.sha256 else f"; if the source changed on purpose, delete {pin_path(target)}"
+        )
         raise PermanentError(
-            f"{entry.name}: sha256 mismatch: expected {entry.sha256}, "
-            f"got {actual}; the corrupt download was removed"
+            f"{entry.name}: sha256 mismatch: expected {expected} ({source}), "
+            f"got {actual}; the corrupt download was removed{advice}"
         )
     os.replace(part.path, target)
     log.info(
@@ -368,13 +401,14 @@ def _install(entry: ModelEntry, part: _PartFile, target: Path, progress: Progres
     )
     if entry.sha256:
         progress(f"{entry.name}: verified, saved as {target}")
-    else:
-        log.warning("model_unverified", model=entry.name, reason=NO_CHECKSUM)
-        progress(
-            f"{entry.name}: warning: saved as {target} but NOT verified: {NO_CHECKSUM}; "
-            f"it has sha256 {actual} and size {part.size}: compare them with the "
-            "source page before filling them in"
-        )
+        return target
+    pin_path(target).write_text(f"{actual}  {target.name}\n", encoding="ascii")
+    log.warning("model_unverified", model=entry.name, reason=NO_CHECKSUM)
+    progress(
+        f"{entry.name}: warning: saved as {target} but NOT verified: {NO_CHECKSUM}; "
+        f"it has sha256 {actual} and size {part.size}, recorded in {pin_path(target)} so that "
+        "later fetches hold the file to it: compare them with the source page"
+    )
     return target
 
 
@@ -409,4 +443,3 @@ async def fetch_models(
     await asyncio.to_thread(dest_dir.mkdir, parents=True, exist_ok=True)
     async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session:
         return [await fetch_model(e, dest_dir, session, progress) for e in entries]
-

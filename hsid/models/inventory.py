@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hsid.models.fetch import NO_CHECKSUM, PART_SUFFIX, ModelEntry, load_manifest
+from hsid.models.fetch import NO_CHECKSUM, PART_SUFFIX, ModelEntry, load_manifest, pin_path
 
 
 def list_models(manifest_path: Path, dest_dir: Path, configured: dict[str, str]) -> list[str]:
@@ -42,6 +42,8 @@ def _file_state(entry: ModelEntry, dest_dir: Path) -> str:
     checks = ["size matches" if entry.size else "size not in manifest"]
     if not entry.sha256:
         checks.append(f"unverified: {NO_CHECKSUM}")
+        if pin_path(target).is_file():
+            checks.append("sha256 recorded at first download, `fetch` checks it")
     return f"present, {_mb(size)}, {', '.join(checks)}"
 
 

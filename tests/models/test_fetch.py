@@ -301,6 +301,36 @@ async def test_file_without_checksum_is_saved_but_never_called_verified(
     assert model_server.ranges == [None]
 
 
+async def test_file_without_checksum_is_held_to_the_hash_of_its_first_download(
+    model_server: ModelServer,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+    progress: Callable[[str], None],
+    progress_lines: list[str],
+) -> None:
+    entry = _entry(model_server.url, sha256="", size=0)
+    path = await fetch_model(entry, tmp_path, session, progress)
+    pin = tmp_path / "model.onnx.sha256"
+    assert pin.read_text() == f"{PAYLOAD_SHA}  model.onnx\n"  # `sha256sum -c` reads it
+
+    path.write_bytes(PAYLOAD[:-1] + b"\0")  # damaged on disk after the first download
+    again = await fetch_model(entry, tmp_path, session, progress)
+
+    assert again.read_bytes() == PAYLOAD
+    assert any("does not match the sha256 recorded at its first" in x for x in progress_lines)
+    assert model_server.ranges == [None, None]
+
+    await fetch_model(entry, tmp_path, session, progress)
+    assert "matches the sha256 recorded at its first download" in progress_lines[-1]
+    assert "NOT verified" in progress_lines[-1]
+
+    model_server.body = PAYLOAD[::-1]  # the URL now serves other bytes
+    path.unlink()
+    with pytest.raises(PermanentError, match=f"expected {PAYLOAD_SHA} .*delete {pin}"):
+        await fetch_model(entry, tmp_path, session, progress)
+    assert not path.exists() and not (tmp_path / "model.onnx.part").exists()
+
+
 # --- fetch_models ----------------------------------------------------------------------------
 
 
@@ -350,6 +380,16 @@ def test_shipped_manifest_is_valid() -> None:
     entries = load_manifest(SHIPPED_MANIFEST)
 
     assert {e.role for e in entries} == {"detector", "analyzer"}
+    assert any(e.role == "analyzer" and e.sha256 and e.size for e in entries)
+
+
+def test_shipped_hugging_face_urls_are_pinned_to_a_revision() -> None:
+    """A branch URL can start serving other bytes; a commit can't, so a recorded size holds."""
+    hub_urls = [e.url for e in load_manifest(SHIPPED_MANIFEST) if "huggingface.co" in e.url]
+
+    assert hub_urls
+    for url in hub_urls:
+        assert re.search(r"/resolve/[0-9a-f]{40}/", url), url
 
 
 VALID_TABLE = {

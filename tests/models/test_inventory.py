@@ -61,3 +61,18 @@ def test_list_models_flags_files_without_checksum(tmp_path: Path) -> None:
 
     line = next(line for line in lines if "rtdetrv2_r18vd_120e_coco.onnx" in line)
     assert "unverified: no checksum in manifest" in line
+
+
+def test_list_models_says_when_a_first_download_hash_is_recorded(tmp_path: Path) -> None:
+    dest = tmp_path / "models"
+    dest.mkdir()
+    (dest / "rtdetrv2_r18vd_120e_coco.onnx").write_bytes(b"x")
+    (dest / "rtdetrv2_r18vd_120e_coco.onnx.sha256").write_text(
+        f"{hashlib.sha256(b'x').hexdigest()}  rtdetrv2_r18vd_120e_coco.onnx\n"
+    )
+
+    lines = list_models(SHIPPED_MANIFEST, dest, {})
+
+    line = next(line for line in lines if "rtdetrv2_r18vd_120e_coco.onnx" in line)
+    assert "unverified: no checksum in manifest" in line
+    assert "sha256 recorded at first download" in line
