@@ -157,6 +157,23 @@ class GpuConfig:
     status_interval_seconds: float = _range(0.5, 3600, default=5.0)
 
 
+ALERT_CHANNELS = ("log", "webhook", "mqtt")
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    # Channels of a rule whose `channels` is empty; each of ALERT_CHANNELS.
+    default_channels: tuple[str, ...] = ("log",)
+    webhook_url: str = ""  # POSTs the alert as JSON; empty: the webhook channel fails
+    webhook_hmac_key: str = ""  # set: X-Hsid-Signature: sha256=<HMAC-SHA256 of the body>
+    webhook_timeout_seconds: float = _range(0.5, 300, default=10.0)
+    mqtt_url: str = ""  # mqtt://[user:password@]host[:port]; empty: the mqtt channel fails
+    mqtt_topic: str = "hsid/alerts"  # the alert goes to <topic>/<camera_id>
+    max_attempts: int = _range(1, 100, default=5)  # per channel
+    retry_base_seconds: float = _range(0.0, 3600, default=5.0)  # doubled after each failure
+    poll_seconds: float = _range(0.05, 60, default=1.0)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     paths: PathsConfig = PathsConfig()
@@ -172,6 +189,7 @@ class Config:
     batch: BatchConfig = BatchConfig()
     retention: RetentionConfig = RetentionConfig()
     gpu: GpuConfig = GpuConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
     def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> Config:
         """A copy with `{section: {key: value}}` applied and validated (tests, `hsid demo`)."""
@@ -318,6 +336,17 @@ def _check_cross_field(config: Config) -> None:
             f"config key database.pool_min = {config.database.pool_min}: "
             f"must not exceed database.pool_max = {config.database.pool_max}"
         )
+    if unknown := [c for c in config.alerts.default_channels if c not in ALERT_CHANNELS]:
+        raise ConfigError(
+            f"config key alerts.default_channels = {list(config.alerts.default_channels)!r}: "
+            f"unknown channel {', '.join(unknown)}; expected some of {', '.join(ALERT_CHANNELS)}"
+        )
+    url = config.alerts.mqtt_url
+    if url and not re.fullmatch(r"mqtts?://([^@/]+@)?[^@/:]+(:\d+)?/?", url):
+        raise ConfigError(
+            f"config key alerts.mqtt_url = {_redact_url(url)!r}: "
+            "expected mqtt://[user:password@]host[:port] (or mqtts://)"
+        )
 
 
 def redacted(config: Config) -> dict[str, dict[str, Any]]:
@@ -333,8 +362,10 @@ def redacted(config: Config) -> dict[str, dict[str, Any]]:
             )
         out[section_field.name] = values
     out["api"]["api_keys"] = ["***"] * len(config.api.api_keys)
-    for section in ("database", "redis"):
-        out[section]["url"] = _redact_url(out[section]["url"])
+    for section, key in (("database", "url"), ("redis", "url"), ("alerts", "mqtt_url")):
+        out[section][key] = _redact_url(out[section][key])
+    if config.alerts.webhook_hmac_key:
+        out["alerts"]["webhook_hmac_key"] = "***"
     return out
 
 

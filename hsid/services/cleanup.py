@@ -14,8 +14,7 @@ import json
 import os
 import stat
 import time as clock
-import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
@@ -26,8 +25,8 @@ import redis.asyncio as aioredis
 import structlog
 
 from hsid.config import Config, PathsConfig, RetentionConfig
-from hsid.constants import LOCK_PREFIX, LOCK_TTL_SECONDS
 from hsid.db import create_pool
+from hsid.services.locks import singleton_lock
 
 log = structlog.get_logger(__name__)
 
@@ -86,15 +85,6 @@ COUNT_AGED = {
     for table, (column, _, _) in AGED_TABLES.items()
 }
 
-# Compare-and-renew / compare-and-delete: a process only ever touches its own lock.
-RENEW_LOCK = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end
-return 0
-"""
-RELEASE_LOCK = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
 
 
 @dataclass(slots=True)
@@ -279,38 +269,6 @@ def _prune_empty_folders(root: Path, older_than: datetime) -> None:
         with contextlib.suppress(OSError):  # not empty, or gone: both fine
             if folder != str(root) and os.stat(folder).st_mtime < limit:
                 os.rmdir(folder)
-
-
-@contextlib.asynccontextmanager
-async def singleton_lock(client: aioredis.Redis, duty: str) -> AsyncIterator[bool]:
-    """Hold `lock:<duty>` while the body runs; yields False (do nothing) when another
-    process holds it. The TTL is short and renewed, so a crashed holder frees the duty
-    within LOCK_TTL_SECONDS; a lock lost meanwhile only risks a harmless second run."""
-    key, token = LOCK_PREFIX + duty, uuid.uuid4().hex
-    if not await client.set(key, token, nx=True, ex=LOCK_TTL_SECONDS):
-        yield False
-        return
-    renewer = asyncio.create_task(_renew_lock(client, key, token))
-    try:
-        yield True
-    finally:
-        renewer.cancel()
-        await asyncio.gather(renewer, return_exceptions=True)
-        with contextlib.suppress(*STORE_ERRORS):  # unreleased, it expires by its TTL
-            await client.eval(RELEASE_LOCK, 1, key, token)
-
-
-async def _renew_lock(client: aioredis.Redis, key: str, token: str) -> None:
-    while True:
-        await asyncio.sleep(LOCK_TTL_SECONDS / 3)
-        try:
-            renewed = await client.eval(RENEW_LOCK, 1, key, token, LOCK_TTL_SECONDS)
-        except STORE_ERRORS as err:
-            log.warning("lock_not_renewed", lock=key, error=str(err) or type(err).__name__)
-            continue
-        if not renewed:
-            log.warning("lock_lost", lock=key)
-            return
 
 
 def next_cleanup(cleanup_time: str, now: datetime) -> datetime:

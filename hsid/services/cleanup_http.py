@@ -8,7 +8,8 @@ from hsid.api.keys import RUNTIME
 from hsid.api.middleware import BadParameter
 from hsid.errors import Conflict
 from hsid.runtime import Runtime
-from hsid.services.cleanup import CLEANUP_DUTY, run_cleanup, singleton_lock
+from hsid.services.cleanup import CLEANUP_DUTY, run_cleanup
+from hsid.services.locks import singleton_lock
 
 routes = web.RouteTableDef()
 
