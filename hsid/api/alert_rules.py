@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import asyncpg
 
 from hsid.api.fields import Arr, Body, Bool, Field, Int, Num, Obj, Shape, Str, Uuid, out
 from hsid.api.queries import Listing, fetch_one, fetch_page, page_of, paged, update_one
 from hsid.api.routing import ApiRoutes, Audit, Call
+from hsid.config import ALERT_CHANNELS
+from hsid.errors import InvalidInput
+from hsid.services.alerts import WEEKDAYS, schedule_problem
 
 RULE_COLUMNS = (
     "id, name, description, enabled, severity, risk_threshold, object_types, camera_ids, "
@@ -34,6 +40,25 @@ LIST_RULES = Listing(
 )
 
 SEVERITIES = ("low", "medium", "high", "critical")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Schedule(Obj):
+    """A rule's schedule, checked exactly as the alert engine will read it."""
+
+    def constraints(self) -> dict[str, Any]:
+        clock = {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"}
+        return {"additionalProperties": False, "properties": {
+            "days": {"type": "array", "items": {"type": "string", "enum": list(WEEKDAYS)}},
+            "start": clock, "end": clock,
+            "timezone": {"type": "string", "description": "IANA name; default: the server's"},
+        }}
+
+    def check(self, value: dict[str, Any], name: str) -> dict[str, Any]:
+        if problem := schedule_problem(value):
+            raise InvalidInput(f"{name}: {problem}", field=name)
+        return value
+
 RULE_PATH = {"rule_id": Uuid(description="alert rule id")}
 NAMES = Arr(items=Str(min_length=1, max_length=100), nullable=True)
 # In INSERT_RULE's column order.
@@ -48,12 +73,14 @@ FIELDS: dict[str, Field] = {
     "camera_ids": NAMES,
     "zone_ids": NAMES,
     "min_confidence": Num(minimum=0.0, maximum=1.0, nullable=True),
-    "schedule": Obj(nullable=True, description="time-based conditions"),
+    "schedule": Schedule(nullable=True, description=(
+        "when the rule applies, at the event's start: days, start-end (HH:MM, may span "
+        "midnight), timezone")),
     "conditions": Obj(nullable=True, description="legacy conditions"),
     "dedup_key_template": Str(min_length=1, default="{camera_id}:{rule_id}"),
     "cooldown_seconds": Int(minimum=0, maximum=31_536_000, default=300),
-    "channels": Arr(items=Str(min_length=1, max_length=100), nullable=True,
-                    description="notification channels"),
+    "channels": Arr(items=Str(enum=ALERT_CHANNELS), nullable=True,
+                    description="where alerts go; empty: alerts.default_channels"),
 }
 RULE = Shape({
     "id": out("string", format="uuid"),

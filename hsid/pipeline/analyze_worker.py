@@ -1,4 +1,5 @@
-"""Analyze worker: analysis_queue -> risk assessment (LLM or rules) -> events row -> publish.
+"""Analyze worker: analysis_queue -> risk assessment (LLM or rules) -> events row and its
+alert (one transaction) -> publish.
 
 A batch id yields one event (a unique index on events.batch_id), so a job processed twice
 stores nothing new. The assessment of a batch is kept across retries of its database
@@ -27,6 +28,7 @@ from hsid.pipeline.batcher import is_fast_path
 from hsid.pipeline.detector import image_header
 from hsid.pipeline.prompts import active_settings
 from hsid.queues import Job, ReliableQueue, consume
+from hsid.services.alerts import DetectionFacts, EventFacts, raise_alert
 from hsid.services.zones import enabled_zones, zones_of_box
 
 log = structlog.get_logger(__name__)
@@ -105,14 +107,17 @@ class AnalyzeWorker:
                 rows = await self._pool.fetch(SELECT_DETECTIONS, ids, camera_id)
                 if not rows:
                     raise PermanentError(f"none of detections {ids} exist any more")
-                assessment = self._assessed.get(batch_id) or await self._assess(camera_id, rows)
+                context = await self._context(camera_id, rows)
+                assessment = self._assessed.get(batch_id) or await self._assess(context)
                 self._assessed[batch_id] = assessment
-                await self._store(batch_id, camera_id, rows, assessment)
+                await self._store(batch_id, camera_id, rows, context, assessment)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
                 raise TransientError(f"database: {err}") from err
             self._assessed.pop(batch_id, None)
 
-    async def _assess(self, camera_id: str, rows: list[asyncpg.Record]) -> RiskAssessment:
+    async def _context(self, camera_id: str, rows: list[asyncpg.Record]) -> BatchContext:
+        """What the analyzer and the alert rules know of the batch: camera, time, and each
+        detection with its position and zones."""
         name = await self._pool.fetchval(SELECT_CAMERA_NAME, camera_id) or camera_id
         zones = await enabled_zones(self._pool, camera_id)
         detections = []
@@ -121,13 +126,17 @@ class AnalyzeWorker:
                    row["bbox_height"] or 0)
             width, height = await asyncio.to_thread(
                 image_size, row["file_path"], (box[0] + box[2], box[1] + box[3]))
+            inside = zones_of_box(zones, box, width, height)
             detections.append(DetectionContext(
                 object_type=row["object_type"] or "object", confidence=row["confidence"] or 0.0,
                 bbox=(box[0], box[1], box[0] + box[2], box[1] + box[3]),
                 image_width=width, image_height=height,
-                zones=zones_of_box(zones, box, width, height)))
-        context = BatchContext(camera_name=name, local_time=rows[0]["detected_at"].astimezone(),
-                               detections=detections)
+                zones=[zone.name for zone in inside],
+                zone_ids=tuple(str(zone.id) for zone in inside)))
+        return BatchContext(camera_name=name, local_time=rows[0]["detected_at"].astimezone(),
+                            detections=detections)
+
+    async def _assess(self, context: BatchContext) -> RiskAssessment:
         started = time.perf_counter()
         assessment = await self._scorer.assess(context, await active_settings(self._pool))
         metrics.STAGE_LATENCY.labels("llm").observe(time.perf_counter() - started)
@@ -136,15 +145,24 @@ class AnalyzeWorker:
         return assessment
 
     async def _store(self, batch_id: str, camera_id: str, rows: list[asyncpg.Record],
-                     assessment: RiskAssessment) -> None:
+                     context: BatchContext, assessment: RiskAssessment) -> None:
         fast = len(rows) == 1 and is_fast_path(
             self._config.batch, rows[0]["object_type"] or "", rows[0]["confidence"] or 0.0)
         started_at, ended_at = rows[0]["detected_at"], rows[-1]["detected_at"]
         with metrics.STAGE_LATENCY.labels("database").time():
-            event_id = await self._pool.fetchval(
-                INSERT_EVENT, batch_id, camera_id, started_at, ended_at, assessment.risk_score,
-                assessment.risk_level, assessment.summary, assessment.reasoning,
-                json.dumps([row["id"] for row in rows]), fast)
+            async with self._pool.acquire() as conn, conn.transaction():
+                event_id = await conn.fetchval(
+                    INSERT_EVENT, batch_id, camera_id, started_at, ended_at,
+                    assessment.risk_score, assessment.risk_level, assessment.summary,
+                    assessment.reasoning, json.dumps([row["id"] for row in rows]), fast)
+                if event_id is not None:
+                    await self._raise_alert(conn, EventFacts(
+                        event_id=event_id, camera_id=camera_id, camera_name=context.camera_name,
+                        risk_score=assessment.risk_score, risk_level=assessment.risk_level,
+                        summary=assessment.summary, started_at=started_at,
+                        detections=[DetectionFacts(d.object_type, d.confidence,
+                                                   frozenset(d.zone_ids), tuple(d.zones))
+                                    for d in context.detections]))
         if event_id is None:
             log.info("event_already_stored")
             return
@@ -154,6 +172,17 @@ class AnalyzeWorker:
         log.info("event_created", event_id=event_id, risk_score=assessment.risk_score,
                  risk_level=assessment.risk_level, fast_path=fast, llm=assessment.used_llm)
         await self._publish(event_id, batch_id, camera_id, started_at, assessment)
+
+    async def _raise_alert(self, conn: asyncpg.Connection, event: EventFacts) -> None:
+        """Alert rules, in a savepoint of the event's transaction: whatever goes wrong with
+        them is logged and rolled back alone, and the event is stored all the same."""
+        try:
+            async with conn.transaction():
+                await raise_alert(conn, event, self._config.alerts)
+        except (OSError, asyncpg.InterfaceError):
+            raise  # the connection is gone: the event can't commit either, retry the job
+        except Exception:
+            log.exception("alert_rules_failed", event_id=event.event_id)
 
     async def _publish(self, event_id: int, batch_id: str, camera_id: str,
                        started_at: datetime, assessment: RiskAssessment) -> None:

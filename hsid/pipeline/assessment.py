@@ -23,7 +23,8 @@ class DetectionContext:
     bbox: tuple[int, int, int, int]
     image_width: int
     image_height: int
-    zones: list[str] = field(default_factory=list)
+    zones: list[str] = field(default_factory=list)  # names, for the prompt
+    zone_ids: tuple[str, ...] = ()  # the same zones by id, for alert rules
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,9 +42,9 @@ def contains(zone: Zone, x: float, y: float) -> bool:
 
 
 def zones_of_box(zones: list[Zone], box: tuple[int, int, int, int], width: int,
-                 height: int) -> list[str]:
-    """Names of the zones holding the bottom centre of a pixel box (x, y, w, h): where a
-    person or vehicle stands, which is what an entry-point or driveway zone is about."""
+                 height: int) -> list[Zone]:
+    """The zones holding the bottom centre of a pixel box (x, y, w, h): where a person or
+    vehicle stands, which is what an entry-point or driveway zone is about."""
     x, y, w, h = box
     point = ((x + w / 2) / max(width, 1), (y + h) / max(height, 1))
-    return [zone.name for zone in zones if contains(zone, *point)]
+    return [zone for zone in zones if contains(zone, *point)]

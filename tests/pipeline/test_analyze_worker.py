@@ -137,5 +137,5 @@ def test_zones_hold_the_bottom_centre_of_a_box() -> None:
     assert contains(porch, 0.25, 0.75) and not contains(porch, 0.75, 0.75)
     assert contains(lawn, 0.75, 0.75) and not contains(lawn, 0.25, 0.75)
     # A 200x400 box at (100, 100) in 1000x1000 stands at (0.2, 0.5): on the porch's edge.
-    assert zones_of_box([porch, lawn], (100, 100, 200, 400), 1000, 1000) == ["porch"]
-    assert zones_of_box([porch, lawn], (700, 100, 100, 700), 1000, 1000) == ["lawn"]
+    assert zones_of_box([porch, lawn], (100, 100, 200, 400), 1000, 1000) == [porch]
+    assert zones_of_box([porch, lawn], (700, 100, 100, 700), 1000, 1000) == [lawn]
