@@ -87,10 +87,10 @@ async def connect_stores(runtime: Runtime, stack: AsyncExitStack) -> bool:
     config = runtime.config
 
     async def database() -> None:
-        runtime.pool = await retry_until_available(
-            "database", lambda: create_pool(config.database))
-        stack.push_async_callback(runtime.pool.close)
-        await apply_schema(runtime.pool)
+        pool = await retry_until_available("database", lambda: create_pool(config.database))
+        stack.push_async_callback(pool.close)
+        await apply_schema(pool)
+        runtime.pool = pool  # only now: the API and health must never see a schema-less pool
 
     async def broker() -> None:
         runtime.redis = await retry_until_available("redis", lambda: connect_redis(config.redis))

@@ -30,10 +30,9 @@ EVENTS = Counter("hsid_events", "Events created", ["risk_level"], registry=REGIS
 LLM_FALLBACKS = Counter(
     "hsid_llm_fallbacks", "Events scored by the rule-based fallback", ["reason"],
     registry=REGISTRY)
-ALERTS_DELIVERED = Counter(
-    "hsid_alerts_delivered", "Alerts delivered", ["channel"], registry=REGISTRY)
-ALERTS_FAILED = Counter(
-    "hsid_alerts_failed", "Alert deliveries that failed", ["channel"], registry=REGISTRY)
+ALERT_DELIVERIES = Counter(
+    "hsid_alert_deliveries", "Alert channel delivery attempts by outcome (delivered, retrying, "
+    "failed)", ["channel", "outcome"], registry=REGISTRY)
 DB_LOG_DROPPED = Counter(
     "hsid_db_log_records_dropped", "Log records not written to the logs table", registry=REGISTRY)
 

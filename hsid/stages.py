@@ -107,6 +107,7 @@ async def _analyze(runtime: Runtime) -> Stages:
 async def _services(runtime: Runtime) -> Stages:
     from hsid.services.cleanup import CleanupService
     from hsid.services.gpu import GpuMonitor
+    from hsid.services.notify import Notifier
     from hsid.services.status import StatusPublisher
 
     config, pool, redis = runtime.config, runtime.require_pool(), runtime.require_redis()
@@ -120,4 +121,5 @@ async def _services(runtime: Runtime) -> Stages:
         ("status_publisher", lambda: StatusPublisher(runtime)),
         ("cleanup", lambda: CleanupService(config.retention, config.paths, pool, redis,
                                            runtime.stopping)),
+        ("notifier", lambda: Notifier(config.alerts, pool, redis, runtime.stopping)),
     ]

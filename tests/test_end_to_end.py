@@ -1,5 +1,5 @@
 """End to end: the real daemon with the tiny models, images uploaded in pieces, events on the
-WebSocket and in the database."""
+WebSocket and in the database, and the alert a rule raises delivered to a webhook."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port
@@ -54,6 +56,19 @@ async def next_message(ws: aiohttp.ClientWebSocketResponse, kind: str, within: f
                 return body
 
 
+async def webhook_receiver(received: asyncio.Queue[dict]) -> TestServer:
+    """A local stand-in for the user's webhook endpoint."""
+    async def receive(request: web.Request) -> web.Response:
+        await received.put(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", receive)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    return server
+
+
 @pytest.mark.parametrize("llm", [False, True], ids=["rules", "tiny-llm"])
 async def test_uploaded_images_become_events_on_the_websocket_and_in_the_database(
     tmp_path: Path, fresh_database_url: str, redis_url: str, redis: aioredis.Redis,
@@ -63,6 +78,8 @@ async def test_uploaded_images_become_events_on_the_websocket_and_in_the_databas
     port = free_port()
     camera = camera_root / "Front Door"
     camera.mkdir()
+    hooks: asyncio.Queue[dict] = asyncio.Queue()
+    receiver = await webhook_receiver(hooks)
     env = {
         "DATABASE_URL": fresh_database_url, "REDIS_URL": redis_url,
         "HSID_PATHS__CAMERA_ROOT": str(camera_root), "HSID_PATHS__STATE_DIR": str(state_dir),
@@ -71,6 +88,8 @@ async def test_uploaded_images_become_events_on_the_websocket_and_in_the_databas
         "HSID_ANALYZER__MODEL": str(test_models["llm"]) if llm else "",
         "HSID_BATCH__WINDOW_SECONDS": "3", "HSID_BATCH__IDLE_SECONDS": "1",
         "HSID_BATCH__SWEEP_INTERVAL_SECONDS": "0.2",
+        "HSID_ALERTS__WEBHOOK_URL": str(receiver.make_url("/hook")),
+        "HSID_ALERTS__POLL_SECONDS": "0.2",
     }
     daemon = Daemon(env, ["run"], tmp_path / "daemon.log")
     try:
@@ -78,10 +97,16 @@ async def test_uploaded_images_become_events_on_the_websocket_and_in_the_databas
                  timeout=60)
         async with aiohttp.ClientSession() as session, session.ws_connect(
                 f"http://127.0.0.1:{port}/ws/events") as ws:
+            async with session.post(f"http://127.0.0.1:{port}/api/alert-rules", json={
+                    "name": "Person", "severity": "high", "object_types": ["person"],
+                    "channels": ["webhook"]}) as response:
+                assert response.status == 201
             # A person at 0.95: the fast path, its own event at once.
             await upload_in_pieces(camera / "person.jpg", jpeg([((100, 100, 300, 500),
                                                                  (0, 0, 255))]))
             fast = await next_message(ws, "event", within=30)
+            async with asyncio.timeout(30):
+                hook = await hooks.get()
             # Two cars: batched together, closed when the camera goes idle.
             await upload_in_pieces(camera / "car1.jpg", jpeg([((600, 300, 900, 500),
                                                                (255, 0, 0))]))
@@ -92,6 +117,7 @@ async def test_uploaded_images_become_events_on_the_websocket_and_in_the_databas
                 metrics = scraped(await response.text())
     finally:
         assert daemon.stop() == 0, daemon.output()
+        await receiver.close()
     assert fast["data"]["camera_id"] == batched["data"]["camera_id"] == "front_door"
     conn = await asyncpg.connect(fresh_database_url)
     try:
@@ -99,6 +125,7 @@ async def test_uploaded_images_become_events_on_the_websocket_and_in_the_databas
         detections = {r["id"]: r for r in await conn.fetch("SELECT * FROM detections")}
         # The daemon's own log lines, with their context, reach the logs table too.
         logged = await conn.fetch("SELECT * FROM logs WHERE message = 'image_processed'")
+        alerts = await conn.fetch("SELECT * FROM alerts")
     finally:
         await conn.close()
     fast_row, batched_row = events[fast["data"]["batch_id"]], events[batched["data"]["batch_id"]]
@@ -118,5 +145,12 @@ async def test_uploaded_images_become_events_on_the_websocket_and_in_the_databas
     assert metrics[("hsid_detections_total", "person")] == 1
     assert metrics[("hsid_detections_total", "car")] == 2
     assert sum(v for (name, _), v in metrics.items() if name == "hsid_events_total") == 2
+    # The person raised one alert (the cars match no rule), delivered to the webhook.
+    [alert] = alerts
+    assert (alert["event_id"], alert["status"]) == (fast_row["id"], "delivered")
+    assert hook["type"] == "alert" and hooks.empty()
+    assert hook["data"]["id"] == str(alert["id"])
+    assert hook["data"]["event_id"] == fast_row["id"]
+    assert hook["data"]["risk_score"] == fast_row["risk_score"]
     used_llm = "LLM was not used" not in fast_row["reasoning"]
     assert used_llm is llm, fast_row["reasoning"]

@@ -1,0 +1,310 @@
+"""Alert notifier: delivers pending alerts to their channels (log, webhook, MQTT), with retries.
+
+Delivery state lives in alerts.metadata, as the data model has no columns for it: "delivery"
+holds one entry per channel; "delivery_final" and "next_attempt_at" sit at the top level so the
+due-alert query filters in SQL, and alerts waiting for a retry or failed never crowd out due ones.
+
+One process of a scaled-out install delivers, the one holding lock:notify, so an alert goes out
+once, not once per process. The lock is re-taken every LOCK_LEASE_SECONDS: a process that lost
+it in a Redis outage (and another took over) stops delivering within a lease.
+
+Retries are decided in one place (`_attempt`), by exception type: a TransientError (timeout,
+connection error, HTTP 408/429/5xx, broker down) or anything unexpected retries after
+retry_base_seconds * 2**(attempts-1) until max_attempts; a PermanentError (other HTTP status,
+unset URL, unknown channel) fails the channel at once. A delivered channel is never sent again.
+Delivery is at least once: a crash between sending and writing back sends that channel again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import ssl
+import time as clock
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aiohttp
+import aiomqtt
+import asyncpg
+import redis.asyncio as aioredis
+import structlog
+
+from hsid import metrics
+from hsid.config import ALERT_CHANNELS, AlertsConfig
+from hsid.errors import PermanentError, TransientError
+from hsid.services.locks import singleton_lock
+
+log = structlog.get_logger(__name__)
+
+NOTIFY_DUTY = "notify"  # lock:notify: one process of a scaled-out install delivers
+MAX_ALERTS_PER_POLL = 100
+MAX_CONCURRENT_SENDS = 8  # so one slow webhook doesn't hold the other alerts up
+STANDBY_POLLS = 5  # a process without the lock tries again after this many poll intervals
+LOCK_LEASE_SECONDS = 60.0
+MQTT_TIMEOUT_SECONDS = 10.0  # connect, publish (QoS 1: until the broker's PUBACK), disconnect
+MAX_RETRY_DELAY_SECONDS = 86_400.0  # caps the doubling, so a large max_attempts cannot overflow
+WRITE_BACK_TIMEOUT_SECONDS = 10.0
+SIGNATURE_HEADER = "X-Hsid-Signature"
+RETRYABLE_HTTP = frozenset({408, 429})  # plus every 5xx
+FINAL_STATES = ("delivered", "failed")  # a channel's other state is "retrying"
+PAYLOAD_FIELDS = ("rule_name", "camera_id", "camera_name", "risk_score", "risk_level",
+                  "summary", "started_at")  # taken from metadata; None where missing
+STORE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                aioredis.RedisError)
+
+# A channel is due unless final or waiting for its retry; $1 is the notifier's clock.
+SELECT_DUE_ALERTS = """
+SELECT id, event_id, rule_id, severity, created_at, channels, dedup_key, metadata
+FROM alerts
+WHERE status = 'pending'
+  AND coalesce(metadata->>'delivery_final', 'false') <> 'true'
+  AND (metadata->>'next_attempt_at' IS NULL OR (metadata->>'next_attempt_at')::timestamptz <= $1)
+ORDER BY created_at
+LIMIT $2
+"""
+# Merges only the delivery keys, and only into a still pending alert: one acknowledged or
+# dismissed meanwhile keeps what the user made of it. $3 is set once the alert is delivered.
+UPDATE_ALERT_DELIVERY = """
+UPDATE alerts
+SET metadata = (CASE WHEN json_typeof(metadata) = 'object' THEN metadata::jsonb
+                     ELSE '{}'::jsonb END || $2::jsonb)::json,
+    updated_at = now(),
+    status = CASE WHEN $3::timestamptz IS NULL THEN status ELSE 'delivered' END,
+    delivered_at = coalesce($3::timestamptz, delivered_at)
+WHERE id = $1 AND status = 'pending'
+RETURNING id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Alert:
+    """A due alert, parsed at the edge: its channels, their delivery state, and its payload."""
+
+    id: uuid.UUID
+    channels: tuple[str, ...]
+    delivery: dict[str, dict[str, Any]]
+    data: dict[str, Any]  # the payload's "data"
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> _Alert:
+        meta = row["metadata"] if isinstance(row["metadata"], dict) else {}
+        channels = row["channels"]
+        channels = [channels] if isinstance(channels, str) else channels or []
+        delivery = meta.get("delivery") if isinstance(meta.get("delivery"), dict) else {}
+        data = {"id": str(row["id"]), "event_id": row["event_id"],
+                "rule_id": None if row["rule_id"] is None else str(row["rule_id"]),
+                "severity": row["severity"], "created_at": row["created_at"].isoformat(),
+                "dedup_key": row["dedup_key"], **{k: meta.get(k) for k in PAYLOAD_FIELDS}}
+        return cls(row["id"], tuple(dict.fromkeys(map(str, channels))), delivery, data)
+
+    def body(self) -> bytes:
+        """The JSON sent to the webhook and MQTT: the exact bytes that are signed."""
+        return json.dumps({"type": "alert", "data": self.data}, separators=(",", ":")).encode()
+
+
+def _is_due(entry: dict[str, Any], now: datetime) -> bool:
+    after = entry.get("next_attempt_at")
+    return entry.get("state") not in FINAL_STATES and (
+        after is None or datetime.fromisoformat(after) <= now)
+
+
+def _summarise(channels: tuple[str, ...], delivery: dict[str, dict[str, Any]],
+               ) -> tuple[dict[str, Any], datetime | None]:
+    """The delivery keys to merge into metadata, and the alert's delivered_at: the first
+    success, once every channel is final (None while any is pending, or if none succeeded)."""
+    entries = [delivery.get(c) or {} for c in channels]
+    final = all(e.get("state") in FINAL_STATES for e in entries)
+    waits = [datetime.fromisoformat(e["next_attempt_at"]) for e in entries
+             if e.get("next_attempt_at")]
+    successes = [datetime.fromisoformat(e["delivered_at"]) for e in entries
+                 if e.get("state") == "delivered"]
+    state = {"delivery": delivery, "delivery_final": final,
+             "next_attempt_at": None if final or not waits else min(waits).isoformat()}
+    return state, min(successes) if final and successes else None
+
+
+class Notifier:
+    """Stage: every poll_seconds, delivers the due channels of pending alerts, while this
+    process holds lock:notify; `run` returns once `stopping` is set."""
+
+    def __init__(self, config: AlertsConfig, pool: asyncpg.Pool, redis: aioredis.Redis,
+                 stopping: asyncio.Event) -> None:
+        self._config = config
+        self._pool = pool
+        self._redis = redis
+        self._stopping = stopping
+        self._senders = {"log": self._send_log, "webhook": self._send_webhook,
+                         "mqtt": self._send_mqtt}
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
+        self._session: aiohttp.ClientSession | None = None
+        self._holding: bool | None = None
+        self._store_failing = False
+
+    async def run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self._config.webhook_timeout_seconds)
+        async with aiohttp.ClientSession(timeout=timeout) as self._session:
+            while not self._stopping.is_set():
+                try:
+                    async with singleton_lock(self._redis, NOTIFY_DUTY) as held:
+                        if held != self._holding:
+                            log.info("notifier_active" if held else "notifier_standby")
+                        self._holding = held
+                        if held:
+                            await self._deliver_for(LOCK_LEASE_SECONDS)
+                            continue
+                except STORE_ERRORS as err:
+                    self._note_store(err)
+                await self._wait(self._config.poll_seconds * STANDBY_POLLS)
+
+    async def _deliver_for(self, seconds: float) -> None:
+        """Poll and deliver until `seconds` have passed or stopping is set."""
+        until = clock.monotonic() + seconds
+        while clock.monotonic() < until:
+            try:
+                await self._deliver_due()
+            except STORE_ERRORS as err:
+                self._note_store(err)
+            else:
+                self._note_store(None)
+            if await self._wait(self._config.poll_seconds):
+                return
+
+    async def _deliver_due(self) -> None:
+        """One poll: the due channels of up to MAX_ALERTS_PER_POLL alerts, all at once."""
+        rows = await self._pool.fetch(SELECT_DUE_ALERTS, datetime.now(UTC), MAX_ALERTS_PER_POLL)
+        async with asyncio.TaskGroup() as group:
+            for row in rows:
+                group.create_task(self._deliver_alert(_Alert.from_row(row)))
+
+    async def _deliver_alert(self, alert: _Alert) -> None:
+        now = datetime.now(UTC)
+        due = [c for c in alert.channels if _is_due(alert.delivery.get(c) or {}, now)]
+        entries = await asyncio.gather(*(self._attempt(alert, c) for c in due))
+        delivery = {**alert.delivery, **dict(zip(due, entries, strict=True))}
+        state, delivered_at = _summarise(alert.channels, delivery)
+        try:  # shielded: a shutdown must not lose what was just sent
+            stored = await asyncio.shield(asyncio.wait_for(self._pool.fetchval(
+                UPDATE_ALERT_DELIVERY, alert.id, state, delivered_at), WRITE_BACK_TIMEOUT_SECONDS))
+        except STORE_ERRORS as err:
+            log.warning("alert_state_not_stored", alert_id=str(alert.id),
+                        error=str(err) or type(err).__name__)
+            return
+        if stored is None:
+            log.info("alert_no_longer_pending", alert_id=str(alert.id))
+        elif state["delivery_final"] and delivered_at is None:
+            log.error("alert_undelivered", alert_id=str(alert.id), channels=list(alert.channels),
+                      errors={c: (delivery.get(c) or {}).get("last_error") for c in alert.channels})
+
+    async def _attempt(self, alert: _Alert, channel: str) -> dict[str, Any]:
+        """Send one channel once; its new delivery entry. The only place retries are decided."""
+        attempts = int((alert.delivery.get(channel) or {}).get("attempts") or 0) + 1
+        error, retry = None, False
+        async with self._slots:
+            try:
+                sender = self._senders.get(channel)
+                if sender is None:
+                    raise PermanentError(f"unknown channel {channel!r}: expected one of "
+                                         f"{', '.join(ALERT_CHANNELS)}")
+                await sender(alert)
+            except PermanentError as err:
+                error = str(err)
+            except TransientError as err:
+                error, retry = str(err), True
+            except Exception as err:  # a bug or an unforeseen library error: retried, loudly
+                log.warning("alert_channel_crashed", channel=channel, exc_info=True)
+                error, retry = f"{type(err).__name__}: {err}", True
+        now = datetime.now(UTC)
+        entry: dict[str, Any] = {"state": "delivered", "attempts": attempts, "last_error": error,
+                                 "delivered_at": None, "next_attempt_at": None}
+        if error is None:
+            entry["delivered_at"] = now.isoformat()
+        elif retry and attempts < self._config.max_attempts:
+            delay = min(self._config.retry_base_seconds * 2 ** (attempts - 1),
+                        MAX_RETRY_DELAY_SECONDS)
+            entry.update(state="retrying", next_attempt_at=(now + timedelta(seconds=delay))
+                         .isoformat())
+        else:
+            entry["state"] = "failed"
+        self._report(alert, channel, entry)
+        return entry
+
+    def _report(self, alert: _Alert, channel: str, entry: dict[str, Any]) -> None:
+        label, state = channel if channel in ALERT_CHANNELS else "unknown", entry["state"]
+        metrics.ALERT_DELIVERIES.labels(channel=label, outcome=state).inc()
+        if state == "delivered":
+            log.info("alert_delivered", alert_id=str(alert.id), channel=channel,
+                     attempts=entry["attempts"])
+            return
+        log.warning("alert_delivery_failed", alert_id=str(alert.id), channel=channel, state=state,
+                    attempts=entry["attempts"], error=entry["last_error"],
+                    next_attempt_at=entry["next_attempt_at"])
+
+    async def _send_log(self, alert: _Alert) -> None:
+        log.warning("alert", **alert.data)  # the journal: always there, always delivered
+
+    async def _send_webhook(self, alert: _Alert) -> None:
+        url = self._config.webhook_url
+        if not url:
+            raise PermanentError("alerts.webhook_url is not set")
+        assert self._session is not None, "run() opens the session"
+        body = alert.body()
+        headers = {"Content-Type": "application/json"}
+        if key := self._config.webhook_hmac_key:
+            signature = hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+            headers[SIGNATURE_HEADER] = f"sha256={signature}"
+        try:
+            # No redirects: a signed alert goes where the operator said, or fails visibly.
+            async with self._session.post(url, data=body, headers=headers,
+                                          allow_redirects=False) as response:
+                status = response.status
+        except aiohttp.InvalidURL as err:
+            raise PermanentError(f"alerts.webhook_url is not a valid URL: {err}") from err
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise TransientError(f"webhook unreachable: {str(err) or type(err).__name__}") from err
+        if 200 <= status < 300:
+            return
+        if status in RETRYABLE_HTTP or status >= 500:
+            raise TransientError(f"webhook answered HTTP {status}")
+        raise PermanentError(f"webhook answered HTTP {status}")
+
+    async def _send_mqtt(self, alert: _Alert) -> None:
+        if not self._config.mqtt_url:
+            raise PermanentError("alerts.mqtt_url is not set")
+        broker = urlsplit(self._config.mqtt_url)  # its shape is checked by config.py
+        tls = await asyncio.to_thread(ssl.create_default_context) if (
+            broker.scheme == "mqtts") else None  # loading the CA certificates blocks
+        camera = alert.data["camera_id"]
+        # Without a camera, the bare topic: a subscriber to "<topic>/#" still receives it.
+        topic = self._config.mqtt_topic if camera is None else f"{self._config.mqtt_topic}/{camera}"
+        try:
+            async with asyncio.timeout(MQTT_TIMEOUT_SECONDS), aiomqtt.Client(
+                    broker.hostname or "", broker.port or (1883 if tls is None else 8883),
+                    username=None if broker.username is None else unquote(broker.username),
+                    password=None if broker.password is None else unquote(broker.password),
+                    tls_context=tls,
+                    timeout=MQTT_TIMEOUT_SECONDS) as client:
+                await client.publish(topic, alert.body(), qos=1, retain=False)
+        except (aiomqtt.MqttError, OSError, TimeoutError) as err:
+            raise TransientError(f"MQTT broker {broker.hostname}: "
+                                 f"{str(err) or type(err).__name__}") from err
+
+    async def _wait(self, seconds: float) -> bool:
+        """Sleep `seconds` or until stopping is set; True when stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
+
+    def _note_store(self, err: BaseException | None) -> None:
+        """One warning per store outage (None: the stores answered), not one per poll."""
+        if err is not None and not self._store_failing:
+            log.warning("notify_store_unavailable", error=str(err) or type(err).__name__)
+        elif err is None and self._store_failing:
+            log.info("notify_store_available")
+        self._store_failing = err is not None
