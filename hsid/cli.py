@@ -10,6 +10,7 @@ from pathlib import Path
 
 import structlog
 
+from hsid.alerts_cli import ALERTS_ACTIONS, alerts_command
 from hsid.app import run_daemon
 from hsid.config import Config, load_config, systemd_environment
 from hsid.dlq_cli import DLQ_ACTIONS, dlq_command
@@ -45,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("action", choices=DLQ_ACTIONS)
     dlq.add_argument("queue", nargs="?", help="detection_queue or analysis_queue")
     dlq.add_argument("--index", type=int, help="requeue only this entry (0-based)")
+    alerts = commands.add_parser("alerts", help="send a test alert through the channels")
+    alerts.add_argument("action", choices=ALERTS_ACTIONS)
+    alerts.add_argument("channels", nargs="*",
+                        help="log, webhook, mqtt (default: those configured)")
     cleanup = commands.add_parser("cleanup", help="apply the retention policy now")
     cleanup.add_argument("--dry-run", action="store_true", help="count, delete nothing")
     models = commands.add_parser("models", help="fetch or list model files")
@@ -83,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "dlq":
             return asyncio.run(dlq_command(config, args.action, args.queue, args.index,
                                            sys.stdout))
+        if args.command == "alerts":
+            return asyncio.run(alerts_command(config.alerts, args.action, args.channels,
+                                              sys.stdout))
         if args.command == "cleanup":
             from hsid.services.cleanup import cleanup_command
 

@@ -19,19 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
-import json
-import ssl
 import time as clock
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-import aiohttp
-import aiomqtt
 import asyncpg
 import redis.asyncio as aioredis
 import structlog
@@ -39,6 +32,7 @@ import structlog
 from hsid import metrics
 from hsid.config import ALERT_CHANNELS, AlertsConfig
 from hsid.errors import PermanentError, TransientError
+from hsid.services.channels import AlertChannels
 from hsid.services.locks import singleton_lock
 
 log = structlog.get_logger(__name__)
@@ -48,11 +42,8 @@ MAX_ALERTS_PER_POLL = 100
 MAX_CONCURRENT_SENDS = 8  # so one slow webhook doesn't hold the other alerts up
 STANDBY_POLLS = 5  # a process without the lock tries again after this many poll intervals
 LOCK_LEASE_SECONDS = 60.0
-MQTT_TIMEOUT_SECONDS = 10.0  # connect, publish (QoS 1: until the broker's PUBACK), disconnect
 MAX_RETRY_DELAY_SECONDS = 86_400.0  # caps the doubling, so a large max_attempts cannot overflow
 WRITE_BACK_TIMEOUT_SECONDS = 10.0
-SIGNATURE_HEADER = "X-Hsid-Signature"
-RETRYABLE_HTTP = frozenset({408, 429})  # plus every 5xx
 FINAL_STATES = ("delivered", "failed")  # a channel's other state is "retrying"
 PAYLOAD_FIELDS = ("rule_name", "camera_id", "camera_name", "risk_score", "risk_level",
                   "summary", "started_at")  # taken from metadata; None where missing
@@ -104,10 +95,6 @@ class _Alert:
                 "dedup_key": row["dedup_key"], **{k: meta.get(k) for k in PAYLOAD_FIELDS}}
         return cls(row["id"], tuple(dict.fromkeys(map(str, channels))), delivery, data)
 
-    def body(self) -> bytes:
-        """The JSON sent to the webhook and MQTT: the exact bytes that are signed."""
-        return json.dumps({"type": "alert", "data": self.data}, separators=(",", ":")).encode()
-
 
 def _is_due(entry: dict[str, Any], now: datetime) -> bool:
     after = entry.get("next_attempt_at")
@@ -140,16 +127,13 @@ class Notifier:
         self._pool = pool
         self._redis = redis
         self._stopping = stopping
-        self._senders = {"log": self._send_log, "webhook": self._send_webhook,
-                         "mqtt": self._send_mqtt}
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
-        self._session: aiohttp.ClientSession | None = None
+        self._channels: AlertChannels | None = None
         self._holding: bool | None = None
         self._store_failing = False
 
     async def run(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=self._config.webhook_timeout_seconds)
-        async with aiohttp.ClientSession(timeout=timeout) as self._session:
+        async with AlertChannels(self._config) as self._channels:
             while not self._stopping.is_set():
                 try:
                     async with singleton_lock(self._redis, NOTIFY_DUTY) as held:
@@ -208,11 +192,8 @@ class Notifier:
         error, retry = None, False
         async with self._slots:
             try:
-                sender = self._senders.get(channel)
-                if sender is None:
-                    raise PermanentError(f"unknown channel {channel!r}: expected one of "
-                                         f"{', '.join(ALERT_CHANNELS)}")
-                await sender(alert)
+                assert self._channels is not None, "run() opens the channels"
+                await self._channels.send(channel, alert.data)
             except PermanentError as err:
                 error = str(err)
             except TransientError as err:
@@ -245,55 +226,6 @@ class Notifier:
         log.warning("alert_delivery_failed", alert_id=str(alert.id), channel=channel, state=state,
                     attempts=entry["attempts"], error=entry["last_error"],
                     next_attempt_at=entry["next_attempt_at"])
-
-    async def _send_log(self, alert: _Alert) -> None:
-        log.warning("alert", **alert.data)  # the journal: always there, always delivered
-
-    async def _send_webhook(self, alert: _Alert) -> None:
-        url = self._config.webhook_url
-        if not url:
-            raise PermanentError("alerts.webhook_url is not set")
-        assert self._session is not None, "run() opens the session"
-        body = alert.body()
-        headers = {"Content-Type": "application/json"}
-        if key := self._config.webhook_hmac_key:
-            signature = hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
-            headers[SIGNATURE_HEADER] = f"sha256={signature}"
-        try:
-            # No redirects: a signed alert goes where the operator said, or fails visibly.
-            async with self._session.post(url, data=body, headers=headers,
-                                          allow_redirects=False) as response:
-                status = response.status
-        except aiohttp.InvalidURL as err:
-            raise PermanentError(f"alerts.webhook_url is not a valid URL: {err}") from err
-        except (aiohttp.ClientError, TimeoutError) as err:
-            raise TransientError(f"webhook unreachable: {str(err) or type(err).__name__}") from err
-        if 200 <= status < 300:
-            return
-        if status in RETRYABLE_HTTP or status >= 500:
-            raise TransientError(f"webhook answered HTTP {status}")
-        raise PermanentError(f"webhook answered HTTP {status}")
-
-    async def _send_mqtt(self, alert: _Alert) -> None:
-        if not self._config.mqtt_url:
-            raise PermanentError("alerts.mqtt_url is not set")
-        broker = urlsplit(self._config.mqtt_url)  # its shape is checked by config.py
-        tls = await asyncio.to_thread(ssl.create_default_context) if (
-            broker.scheme == "mqtts") else None  # loading the CA certificates blocks
-        camera = alert.data["camera_id"]
-        # Without a camera, the bare topic: a subscriber to "<topic>/#" still receives it.
-        topic = self._config.mqtt_topic if camera is None else f"{self._config.mqtt_topic}/{camera}"
-        try:
-            async with asyncio.timeout(MQTT_TIMEOUT_SECONDS), aiomqtt.Client(
-                    broker.hostname or "", broker.port or (1883 if tls is None else 8883),
-                    username=None if broker.username is None else unquote(broker.username),
-                    password=None if broker.password is None else unquote(broker.password),
-                    tls_context=tls,
-                    timeout=MQTT_TIMEOUT_SECONDS) as client:
-                await client.publish(topic, alert.body(), qos=1, retain=False)
-        except (aiomqtt.MqttError, OSError, TimeoutError) as err:
-            raise TransientError(f"MQTT broker {broker.hostname}: "
-                                 f"{str(err) or type(err).__name__}") from err
 
     async def _wait(self, seconds: float) -> bool:
         """Sleep `seconds` or until stopping is set; True when stopping."""

@@ -7,11 +7,9 @@ import collections
 import hashlib
 import hmac
 import json
-import socket
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,8 +17,6 @@ import aiomqtt
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from structlog.testing import capture_logs
@@ -29,10 +25,10 @@ from hsid import metrics
 from hsid.config import Config
 from hsid.services.notify import SELECT_DUE_ALERTS, Notifier
 from tests.conftest import free_port
+from tests.services.receivers import MQTT_HOST, MQTT_PORT, Receiver, Request, needs_broker
 from tests.support import eventually
 
 CAMERA, CAMERA_NAME = "front_door", "Front door"
-MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883
 HMAC_KEY = "s3cret-key"
 FAST = {"poll_seconds": 0.05, "retry_base_seconds": 0.05}
 
@@ -90,53 +86,6 @@ async def alerts(db: asyncpg.Pool) -> Alerts:
     event_id = await db.fetchval(INSERT_EVENT, CAMERA, started_at)
     rule_id = await db.fetchval(INSERT_RULE, "Night person")
     return Alerts(db, event_id, rule_id, started_at)
-
-
-@dataclass
-class Request:
-    body: bytes
-    headers: dict[str, str]
-    at: float  # time.monotonic() on arrival
-
-    @property
-    def alert_id(self) -> str:
-        return str(json.loads(self.body)["data"]["id"])
-
-
-@dataclass
-class Receiver:
-    """A webhook endpoint that records each request and answers `statuses` in turn, then
-    `status`; `on_request` runs before it answers."""
-
-    url: str = ""
-    requests: list[Request] = field(default_factory=list)
-    statuses: list[int] = field(default_factory=list)
-    status: int = 200
-    delay: float = 0.0
-    on_request: Callable[[Request], Awaitable[None]] | None = None
-
-    async def handle(self, request: web.Request) -> web.Response:
-        received = Request(await request.read(), dict(request.headers), time.monotonic())
-        self.requests.append(received)
-        if self.on_request is not None:
-            await self.on_request(received)
-        await asyncio.sleep(self.delay)
-        return web.Response(status=self.statuses.pop(0) if self.statuses else self.status)
-
-    def count(self, alert_id: uuid.UUID) -> int:
-        return sum(r.alert_id == str(alert_id) for r in self.requests)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    receiver = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", receiver.handle)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    receiver.url = str(server.make_url("/hook"))
-    yield receiver
-    await server.close()
 
 
 StartNotifier = Callable[..., asyncio.Task[None]]
@@ -310,16 +259,7 @@ async def test_missing_metadata_keys_are_sent_as_null(
     assert row["metadata"]["delivery"]["webhook"]["state"] == "delivered"
 
 
-def _broker_reachable() -> bool:
-    try:
-        socket.create_connection((MQTT_HOST, MQTT_PORT), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _broker_reachable(),
-                    reason=f"no MQTT broker on {MQTT_HOST}:{MQTT_PORT}")
+@needs_broker
 async def test_mqtt_publishes_the_payload_to_the_camera_topic(
     alerts: Alerts, receiver: Receiver, start_notifier: StartNotifier
 ) -> None:

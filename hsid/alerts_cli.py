@@ -1,0 +1,55 @@
+"""`hsid alerts test`: send a test alert through the channels and say what each did, so
+notifications are known to work before a real alert depends on them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from hsid.config import ALERT_CHANNELS, AlertsConfig
+from hsid.errors import InvalidInput, PermanentError, TransientError
+from hsid.services.channels import AlertChannels
+
+ALERTS_ACTIONS = ("test",)
+TEST_CAMERA = "hsid_test"  # MQTT: published to <mqtt_topic>/hsid_test
+
+
+def configured_channels(config: AlertsConfig) -> list[str]:
+    """The channels that can work as configured: the journal always, the others once set."""
+    urls = {"log": "-", "webhook": config.webhook_url, "mqtt": config.mqtt_url}
+    return [channel for channel in ALERT_CHANNELS if urls[channel]]
+
+
+def test_alert_data() -> dict[str, Any]:
+    """An alert's payload data, marked `"test": true`, with no event or rule behind it."""
+    now = datetime.now(UTC).isoformat()
+    return {"id": f"test-{uuid.uuid4()}", "event_id": None, "rule_id": None,
+            "rule_name": "hsid alerts test", "severity": "low", "camera_id": TEST_CAMERA,
+            "camera_name": "hsid test", "risk_score": 0, "risk_level": "low",
+            "summary": "Test alert from hsid: this channel works.", "started_at": now,
+            "created_at": now, "dedup_key": "hsid:test", "test": True}
+
+
+async def alerts_command(config: AlertsConfig, action: str, channels: list[str],
+                         out: TextIO) -> int:
+    """Send one test alert on each of `channels` (default: those configured), once, without
+    retries; one line per channel. Returns 0 when every channel delivered, 1 otherwise."""
+    if action not in ALERTS_ACTIONS:
+        raise InvalidInput(f"unknown alerts action {action!r}; choose from "
+                           f"{', '.join(ALERTS_ACTIONS)}")
+    if unknown := [c for c in channels if c not in ALERT_CHANNELS]:
+        raise InvalidInput(f"unknown channel {', '.join(unknown)}; choose from "
+                           f"{', '.join(ALERT_CHANNELS)}", field="channels")
+    data = test_alert_data()
+    failed = False
+    async with AlertChannels(config) as sender:
+        for channel in channels or configured_channels(config):
+            try:
+                await sender.send(channel, data)
+            except (TransientError, PermanentError) as err:
+                failed = True
+                print(f"{channel}: FAILED: {err}", file=out)
+            else:
+                print(f"{channel}: delivered", file=out)
+    return 1 if failed else 0
