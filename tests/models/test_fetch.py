@@ -281,7 +281,7 @@ async def test_size_disagreeing_with_the_manifest_fails_before_downloading(
     assert not (tmp_path / "model.onnx").exists()
 
 
-async def test_file_without_checksum_is_saved_but_never_called_verified(
+async def test_file_without_checksum_is_never_called_verified_but_held_to_its_first_hash(
     model_server: ModelServer,
     session: aiohttp.ClientSession,
     tmp_path: Path,
@@ -289,27 +289,10 @@ async def test_file_without_checksum_is_saved_but_never_called_verified(
     progress_lines: list[str],
 ) -> None:
     entry = _entry(model_server.url, sha256="", size=0)
-
     path = await fetch_model(entry, tmp_path, session, progress)
-    again = await fetch_model(entry, tmp_path, session, progress)
-
-    assert path == again and path.read_bytes() == PAYLOAD
-    assert "NOT verified: no checksum in manifest" in progress_lines[-2]
-    assert PAYLOAD_SHA in progress_lines[-2]
+    assert path.read_bytes() == PAYLOAD
     assert "NOT verified: no checksum in manifest" in progress_lines[-1]
-    assert not any(line.endswith("verified") for line in progress_lines)
-    assert model_server.ranges == [None]
-
-
-async def test_file_without_checksum_is_held_to_the_hash_of_its_first_download(
-    model_server: ModelServer,
-    session: aiohttp.ClientSession,
-    tmp_path: Path,
-    progress: Callable[[str], None],
-    progress_lines: list[str],
-) -> None:
-    entry = _entry(model_server.url, sha256="", size=0)
-    path = await fetch_model(entry, tmp_path, session, progress)
+    assert PAYLOAD_SHA in progress_lines[-1]
     pin = tmp_path / "model.onnx.sha256"
     assert pin.read_text() == f"{PAYLOAD_SHA}  model.onnx\n"  # `sha256sum -c` reads it
 
@@ -322,7 +305,8 @@ async def test_file_without_checksum_is_held_to_the_hash_of_its_first_download(
 
     await fetch_model(entry, tmp_path, session, progress)
     assert "matches the sha256 recorded at its first download" in progress_lines[-1]
-    assert "NOT verified" in progress_lines[-1]
+    assert "NOT verified: no checksum in manifest" in progress_lines[-1]
+    assert not any(line.endswith("verified") for line in progress_lines)
 
     model_server.body = PAYLOAD[::-1]  # the URL now serves other bytes
     path.unlink()
