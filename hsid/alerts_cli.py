@@ -9,16 +9,10 @@ from typing import Any, TextIO
 
 from hsid.config import ALERT_CHANNELS, AlertsConfig
 from hsid.errors import InvalidInput, PermanentError, TransientError
-from hsid.services.channels import AlertChannels
+from hsid.services.channels import AlertChannels, configured_channels
 
 ALERTS_ACTIONS = ("test",)
 TEST_CAMERA = "hsid_test"  # MQTT: published to <mqtt_topic>/hsid_test
-
-
-def configured_channels(config: AlertsConfig) -> list[str]:
-    """The channels that can work as configured: the journal always, the others once set."""
-    urls = {"log": "-", "webhook": config.webhook_url, "mqtt": config.mqtt_url}
-    return [channel for channel in ALERT_CHANNELS if urls[channel]]
 
 
 def test_alert_data() -> dict[str, Any]:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+import asyncpg
+
 from hsid.broker import connect_redis
 from hsid.config import Config
 from hsid.db import create_pool
@@ -134,9 +136,48 @@ async def check_gpu(config: Config) -> CheckResult:
     return CheckResult("gpu", True, "no NVIDIA GPU visible: detection and the LLM run on the CPU")
 
 
+SELECT_RULE_CHANNELS = "SELECT name, channels FROM alert_rules WHERE enabled ORDER BY name"
+
+
+async def check_alerts(config: Config) -> CheckResult:
+    """Every channel an alert could be sent to is configured: the defaults, and (with a
+    reachable database that has the schema) those of the enabled rules."""
+    from hsid.services.channels import configured_channels
+
+    ready = configured_channels(config.alerts)
+    wanted = {f"alerts.default_channels ({channel})": channel
+              for channel in config.alerts.default_channels}
+    rules = await _enabled_rule_channels(config)
+    for name, channels in rules or ():
+        wanted |= {f"rule {name!r} ({channel})": channel
+                   for channel in channels or config.alerts.default_channels}
+    if missing := [where for where, channel in wanted.items() if channel not in ready]:
+        return CheckResult("alerts", False, "no URL set for " + ", ".join(missing),
+                           "set alerts.webhook_url / alerts.mqtt_url, or change the channels; "
+                           "then `hsid alerts test`")
+    checked = "no rules checked" if rules is None else f"{len(rules)} enabled rule(s)"
+    return CheckResult("alerts", True, f"channels ready: {', '.join(ready)}; {checked}")
+
+
+async def _enabled_rule_channels(config: Config) -> list[tuple[str, list[str] | None]] | None:
+    """(name, channels) of each enabled rule; None without a database to ask."""
+    if not config.database.url:
+        return None  # embedded: not running while hsid is not
+    try:
+        pool = await create_pool(config.database)
+    except HsidError:
+        return None  # check_database says so
+    try:
+        return [(r["name"], r["channels"]) for r in await pool.fetch(SELECT_RULE_CHANNELS)]
+    except asyncpg.UndefinedTableError:
+        return []  # no schema yet: no rules
+    finally:
+        await pool.close()
+
+
 CHECKS: tuple[Check, ...] = (
     check_database, check_redis, check_camera_root, check_state_dir,
-    check_models, check_providers, check_gpu,
+    check_models, check_providers, check_gpu, check_alerts,
 )
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
+
+import asyncpg
 
 from hsid.models.tiny_detector import write_tiny_detector
 
@@ -35,7 +38,7 @@ def test_check_passes_on_a_good_configuration(
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     for name in ("config", "database", "redis", "camera_root", "state_dir", "models",
-                 "onnxruntime", "gpu"):
+                 "onnxruntime", "gpu", "alerts"):
         assert any(line.startswith("OK") and f" {name}:" in line for line in lines), name
     assert "1 camera folder" in result.stdout
 
@@ -64,3 +67,22 @@ def test_check_reports_a_bad_config_value_by_name(tmp_path: Path) -> None:
     result = run_check({"PATH": "/usr/bin:/bin", "HSID_API__PORT": "eighty"})
     assert result.returncode == 2
     assert "api.port = 'eighty'" in result.stderr
+
+
+async def test_check_names_alert_channels_without_a_url(
+    tmp_path: Path, database_url: str, redis_url: str, db: asyncpg.Pool
+) -> None:
+    await db.execute("INSERT INTO alert_rules (name, channels) VALUES ('Night', $1)",
+                     ["mqtt", "log"])
+    await db.execute("INSERT INTO alert_rules (name, enabled, channels) VALUES ('Off', false, $1)",
+                     ["webhook"])
+    env = base_env(tmp_path, database_url, redis_url) | {
+        "HSID_ALERTS__DEFAULT_CHANNELS": "log,webhook"}
+
+    result = await asyncio.to_thread(run_check, env)
+
+    assert result.returncode == 1
+    [line] = [line for line in result.stdout.splitlines() if " alerts:" in line]
+    assert line.startswith("FAIL")
+    assert "alerts.default_channels (webhook)" in line and "rule 'Night' (mqtt)" in line
+    assert "'Off'" not in line and "(log)" not in line

@@ -30,6 +30,12 @@ SIGNATURE_HEADER = "X-Hsid-Signature"
 RETRYABLE_HTTP = frozenset({408, 429})  # plus every 5xx
 
 
+def configured_channels(config: AlertsConfig) -> list[str]:
+    """The channels that can work as configured: the journal always, the others once set."""
+    urls = {"log": "-", "webhook": config.webhook_url, "mqtt": config.mqtt_url}
+    return [channel for channel in ALERT_CHANNELS if urls[channel]]
+
+
 def alert_body(data: dict[str, Any]) -> bytes:
     """The JSON sent to the webhook and MQTT: the exact bytes that are signed."""
     return json.dumps({"type": "alert", "data": data}, separators=(",", ":")).encode()
