@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stages", type=_stages, default=frozenset(ALL_STAGE_GROUPS),
                      help=f"comma-separated subset of {','.join(ALL_STAGE_GROUPS)} (default all)")
     commands.add_parser("init-db", help="apply schema.sql to the configured database")
-    commands.add_parser("check", help="check configuration, stores, folders, models, GPU and alert channels")
+    commands.add_parser("check", help="check configuration, stores, folders, models, GPU and "
+                                      "alert channels")
     dlq = commands.add_parser("dlq", help="list, requeue or clear dead-letter queues")
     dlq.add_argument("action", choices=DLQ_ACTIONS)
     dlq.add_argument("queue", nargs="?", help="detection_queue or analysis_queue")

@@ -2,8 +2,8 @@
 
 It runs `hsid run` as a child process (its log goes to a file, so the terminal shows only
 the story), uploads images into a demo camera folder the way an FTP server does — under a
-temporary name, then renamed — and prints each event from the WebSocket as it arrives.
-Ctrl-C stops both cleanly.
+temporary name, then renamed — and prints each event from the WebSocket as it arrives, and
+each alert its demo rule (a person, to the journal channel) raises. Ctrl-C stops both cleanly.
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ DEMO_ENVIRONMENT = {
     "HSID_BATCH__IDLE_SECONDS": "3",
     "HSID_WATCHER__STARTUP_LOOKBACK_HOURS": "0",
 }
+# Created when missing (the demo folder keeps its database between runs); cooldown 0, so the
+# person of every cycle raises an alert.
+DEMO_RULE = {"name": "Demo: someone on the driveway", "severity": "high",
+             "object_types": ["person"], "cooldown_seconds": 0, "channels": ["log"]}
+ALERT_POLL_SECONDS = 1.0
 # What the tiny detector sees: red = person 0.95, blue = car 0.60, green = dog 0.80.
 SCENES: tuple[tuple[str, list[tuple[tuple[int, int, int, int], tuple[int, int, int]]]], ...] = (
     ("empty driveway", []),
@@ -107,6 +112,35 @@ async def print_events(base_url: str, out: TextIO) -> None:
             out.flush()
 
 
+async def print_alerts(base_url: str, out: TextIO) -> None:
+    """Print each new alert, polled from the API (alerts have no WebSocket message)."""
+    async with aiohttp.ClientSession() as session:
+        rules = await _get(session, f"{base_url}/api/alert-rules?limit=100")
+        if not any(rule["name"] == DEMO_RULE["name"] for rule in rules["items"]):
+            async with session.post(f"{base_url}/api/alert-rules", json=DEMO_RULE) as response:
+                response.raise_for_status()
+        earlier = await _get(session, f"{base_url}/api/alerts?limit=100")
+        seen = {alert["id"] for alert in earlier["items"]}
+        while True:
+            await asyncio.sleep(ALERT_POLL_SECONDS)
+            latest = await _get(session, f"{base_url}/api/alerts?limit=20")
+            for alert in reversed(latest["items"]):
+                if alert["id"] in seen:
+                    continue
+                seen.add(alert["id"])
+                meta = alert["metadata"] or {}
+                out.write(f"ALERT {alert['severity']} {meta.get('camera_id')}: "
+                          f"{meta.get('summary')} (rule {meta.get('rule_name')!r}, "
+                          f"event {alert['event_id']})\n")
+                out.flush()
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> dict:
+    async with session.get(url) as response:
+        response.raise_for_status()
+        return await response.json()
+
+
 async def wait_until_ready(base_url: str, daemon: asyncio.subprocess.Process) -> None:
     async with aiohttp.ClientSession() as session:
         for _ in range(int(READY_TIMEOUT_SECONDS * 5)):
@@ -164,6 +198,7 @@ async def _drive(base_url: str, camera: Path, daemon: asyncio.subprocess.Process
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     tasks = [asyncio.create_task(print_events(base_url, out)),
+             asyncio.create_task(print_alerts(base_url, out)),
              asyncio.create_task(upload_forever(camera, out)),
              asyncio.create_task(stop.wait()),
              asyncio.create_task(daemon.wait())]

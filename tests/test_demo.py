@@ -1,4 +1,5 @@
-"""`hsid demo` in a subprocess: it starts, prints an event, and stops cleanly on Ctrl-C."""
+"""`hsid demo` in a subprocess: it starts, prints an event and an alert, and stops cleanly
+on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def test_demo_prints_events_and_stops_on_ctrl_c(embedded_dir: Path) -> None:
     demo = subprocess.Popen([sys.executable, "-m", "hsid", "demo", "--dir", str(tmp_path)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
-    seen_event = threading.Event()
+    seen_event, seen_alert = threading.Event(), threading.Event()
 
     def read() -> None:
         assert demo.stdout is not None
@@ -30,11 +31,14 @@ def test_demo_prints_events_and_stops_on_ctrl_c(embedded_dir: Path) -> None:
             lines.append(line)
             if line.startswith("EVENT "):
                 seen_event.set()
+            if line.startswith("ALERT "):
+                seen_alert.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
         assert seen_event.wait(150), "".join(lines) + (tmp_path / "hsid.log").read_text()
+        assert seen_alert.wait(60), "".join(lines) + (tmp_path / "hsid.log").read_text()
     finally:
         demo.send_signal(signal.SIGINT)
         status = demo.wait(60)
@@ -45,6 +49,9 @@ def test_demo_prints_events_and_stops_on_ctrl_c(embedded_dir: Path) -> None:
     assert "uploaded snap_00001.jpg" in output
     event = next(line for line in lines if line.startswith("EVENT "))
     assert "demo_driveway risk " in event
+    alert = next(line for line in lines if line.startswith("ALERT "))
+    assert alert.startswith("ALERT high demo_driveway: ")
+    assert "(rule 'Demo: someone on the driveway', event " in alert
     assert "hsid stopped (status 0)" in output
     assert (tmp_path / "cameras" / "Demo Driveway").is_dir()
     embedded = tmp_path / "state" / "embedded"
