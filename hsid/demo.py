@@ -40,7 +40,6 @@ DEMO_ENVIRONMENT = {
 # person of every cycle raises an alert.
 DEMO_RULE = {"name": "Demo: someone on the driveway", "severity": "high",
              "object_types": ["person"], "cooldown_seconds": 0, "channels": ["log"]}
-ALERT_POLL_SECONDS = 1.0
 # What the tiny detector sees: red = person 0.95, blue = car 0.60, green = dog 0.80.
 SCENES: tuple[tuple[str, list[tuple[tuple[int, int, int, int], tuple[int, int, int]]]], ...] = (
     ("empty driveway", []),
@@ -106,39 +105,24 @@ async def print_events(base_url: str, out: TextIO) -> None:
                 out.write(f"EVENT {data['event_id']} {data['camera_id']} "
                           f"risk {data['risk_score']} ({data['risk_level']}) at "
                           f"{started:%H:%M:%S}: {data['summary']}\n")
+            elif body.get("type") == "alert":
+                out.write(f"ALERT {data['severity']} {data['camera_id']}: {data['summary']} "
+                          f"(rule {data['rule_name']!r}, event {data['event_id']})\n")
             elif body.get("type") == "detection":
                 kinds = ", ".join(d["object_type"] for d in data.get("detections", []))
                 out.write(f"  detected {kinds} in {Path(data['file_path']).name}\n")
             out.flush()
 
 
-async def print_alerts(base_url: str, out: TextIO) -> None:
-    """Print each new alert, polled from the API (alerts have no WebSocket message)."""
+async def ensure_demo_rule(base_url: str) -> None:
+    """Create the demo's alert rule unless an earlier run in this folder did."""
     async with aiohttp.ClientSession() as session:
-        rules = await _get(session, f"{base_url}/api/alert-rules?limit=100")
-        if not any(rule["name"] == DEMO_RULE["name"] for rule in rules["items"]):
+        async with session.get(f"{base_url}/api/alert-rules?limit=100") as response:
+            response.raise_for_status()
+            rules = (await response.json())["items"]
+        if not any(rule["name"] == DEMO_RULE["name"] for rule in rules):
             async with session.post(f"{base_url}/api/alert-rules", json=DEMO_RULE) as response:
                 response.raise_for_status()
-        earlier = await _get(session, f"{base_url}/api/alerts?limit=100")
-        seen = {alert["id"] for alert in earlier["items"]}
-        while True:
-            await asyncio.sleep(ALERT_POLL_SECONDS)
-            latest = await _get(session, f"{base_url}/api/alerts?limit=20")
-            for alert in reversed(latest["items"]):
-                if alert["id"] in seen:
-                    continue
-                seen.add(alert["id"])
-                meta = alert["metadata"] or {}
-                out.write(f"ALERT {alert['severity']} {meta.get('camera_id')}: "
-                          f"{meta.get('summary')} (rule {meta.get('rule_name')!r}, "
-                          f"event {alert['event_id']})\n")
-                out.flush()
-
-
-async def _get(session: aiohttp.ClientSession, url: str) -> dict:
-    async with session.get(url) as response:
-        response.raise_for_status()
-        return await response.json()
 
 
 async def wait_until_ready(base_url: str, daemon: asyncio.subprocess.Process) -> None:
@@ -186,7 +170,8 @@ async def _drive(base_url: str, camera: Path, daemon: asyncio.subprocess.Process
                  out: TextIO) -> int:
     try:
         await wait_until_ready(base_url, daemon)
-    except RuntimeError as err:
+        await ensure_demo_rule(base_url)
+    except (RuntimeError, aiohttp.ClientError) as err:
         out.write(f"hsid demo: {err}; see the daemon log\n")
         return 1
     out.write(f"ready. API: {base_url}/api/events  health: {base_url}/api/system/health\n"
@@ -198,7 +183,6 @@ async def _drive(base_url: str, camera: Path, daemon: asyncio.subprocess.Process
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     tasks = [asyncio.create_task(print_events(base_url, out)),
-             asyncio.create_task(print_alerts(base_url, out)),
              asyncio.create_task(upload_forever(camera, out)),
              asyncio.create_task(stop.wait()),
              asyncio.create_task(daemon.wait())]

@@ -149,6 +149,7 @@ class AnalyzeWorker:
         fast = len(rows) == 1 and is_fast_path(
             self._config.batch, rows[0]["object_type"] or "", rows[0]["confidence"] or 0.0)
         started_at, ended_at = rows[0]["detected_at"], rows[-1]["detected_at"]
+        alert = None
         with metrics.STAGE_LATENCY.labels("database").time():
             async with self._pool.acquire() as conn, conn.transaction():
                 event_id = await conn.fetchval(
@@ -156,7 +157,7 @@ class AnalyzeWorker:
                     assessment.risk_score, assessment.risk_level, assessment.summary,
                     assessment.reasoning, json.dumps([row["id"] for row in rows]), fast)
                 if event_id is not None:
-                    await self._raise_alert(conn, EventFacts(
+                    alert = await self._raise_alert(conn, EventFacts(
                         event_id=event_id, camera_id=camera_id, camera_name=context.camera_name,
                         risk_score=assessment.risk_score, risk_level=assessment.risk_level,
                         summary=assessment.summary, started_at=started_at,
@@ -172,17 +173,22 @@ class AnalyzeWorker:
         log.info("event_created", event_id=event_id, risk_score=assessment.risk_score,
                  risk_level=assessment.risk_level, fast_path=fast, llm=assessment.used_llm)
         await self._publish(event_id, batch_id, camera_id, started_at, assessment)
+        if alert is not None:  # after the event, so clients know the event it refers to
+            await self._redis.publish(constants.SECURITY_EVENTS_CHANNEL,
+                                      json.dumps({"type": "alert", "data": alert}))
 
-    async def _raise_alert(self, conn: asyncpg.Connection, event: EventFacts) -> None:
+    async def _raise_alert(self, conn: asyncpg.Connection,
+                           event: EventFacts) -> dict[str, Any] | None:
         """Alert rules, in a savepoint of the event's transaction: whatever goes wrong with
         them is logged and rolled back alone, and the event is stored all the same."""
         try:
             async with conn.transaction():
-                await raise_alert(conn, event, self._config.alerts)
+                return await raise_alert(conn, event, self._config.alerts)
         except (OSError, asyncpg.InterfaceError):
             raise  # the connection is gone: the event can't commit either, retry the job
         except Exception:
             log.exception("alert_rules_failed", event_id=event.event_id)
+            return None
 
     async def _publish(self, event_id: int, batch_id: str, camera_id: str,
                        started_at: datetime, assessment: RiskAssessment) -> None:

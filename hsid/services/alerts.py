@@ -29,6 +29,7 @@ import asyncpg
 import structlog
 
 from hsid.config import AlertsConfig
+from hsid.services.channels import alert_data
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +50,8 @@ SELECT EXISTS (SELECT 1 FROM alerts
 """
 INSERT_ALERT = """
 INSERT INTO alerts (event_id, rule_id, severity, channels, dedup_key, metadata)
-VALUES ($1, $2, $3, $4, $5, $6) RETURNING id
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING id, event_id, rule_id, severity, created_at, dedup_key, metadata
 """
 
 
@@ -153,10 +155,10 @@ def match_rule(rule: Mapping[str, Any], event: EventFacts) -> RuleMatch | None:
 
 
 async def raise_alert(conn: asyncpg.Connection, event: EventFacts,
-                      config: AlertsConfig) -> str | None:
-    """Evaluate the enabled rules for `event` and insert its alert; returns the alert id,
-    None when no rule matched or all that did are in cooldown. Call it inside the
-    transaction that inserts the event."""
+                      config: AlertsConfig) -> dict[str, Any] | None:
+    """Evaluate the enabled rules for `event` and insert its alert; returns the alert as
+    channels send it (alert_data), None when no rule matched or all that did are in
+    cooldown. Call it inside the transaction that inserts the event."""
     rules = await conn.fetch(SELECT_ENABLED_RULES)
     matches = [m for rule in rules if (m := match_rule(rule, event)) is not None]
     live = []
@@ -172,12 +174,12 @@ async def raise_alert(conn: asyncpg.Connection, event: EventFacts,
     winner = live[0]
     channels = list(dict.fromkeys(
         channel for m in live for channel in (m.rule["channels"] or config.default_channels)))
-    alert_id = await conn.fetchval(
+    row = await conn.fetchrow(
         INSERT_ALERT, event.event_id, winner.rule["id"], winner.rule["severity"], channels,
         winner.dedup_key, _metadata(event, live))
-    log.info("alert_raised", alert_id=str(alert_id), rule=winner.rule["name"],
+    log.info("alert_raised", alert_id=str(row["id"]), rule=winner.rule["name"],
              severity=winner.rule["severity"], channels=channels)
-    return str(alert_id)
+    return alert_data(row)
 
 
 def _detection_matches(rule: Mapping[str, Any], detection: DetectionFacts) -> bool:

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import ssl
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -28,12 +29,24 @@ log = structlog.get_logger(__name__)
 MQTT_TIMEOUT_SECONDS = 10.0  # connect, publish (QoS 1: until the broker's PUBACK), disconnect
 SIGNATURE_HEADER = "X-Hsid-Signature"
 RETRYABLE_HTTP = frozenset({408, 429})  # plus every 5xx
+PAYLOAD_FIELDS = ("rule_name", "camera_id", "camera_name", "risk_score", "risk_level",
+                  "summary", "started_at")  # taken from the alert's metadata; None where missing
 
 
 def configured_channels(config: AlertsConfig) -> list[str]:
     """The channels that can work as configured: the journal always, the others once set."""
     urls = {"log": "-", "webhook": config.webhook_url, "mqtt": config.mqtt_url}
     return [channel for channel in ALERT_CHANNELS if urls[channel]]
+
+
+def alert_data(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An alerts row as the payload's "data": the one shape that webhooks, MQTT and the
+    WebSocket all get."""
+    meta = row["metadata"] if isinstance(row["metadata"], dict) else {}
+    return {"id": str(row["id"]), "event_id": row["event_id"],
+            "rule_id": None if row["rule_id"] is None else str(row["rule_id"]),
+            "severity": row["severity"], "created_at": row["created_at"].isoformat(),
+            "dedup_key": row["dedup_key"], **{k: meta.get(k) for k in PAYLOAD_FIELDS}}
 
 
 def alert_body(data: dict[str, Any]) -> bytes:

@@ -32,7 +32,7 @@ import structlog
 from hsid import metrics
 from hsid.config import ALERT_CHANNELS, AlertsConfig
 from hsid.errors import PermanentError, TransientError
-from hsid.services.channels import AlertChannels
+from hsid.services.channels import AlertChannels, alert_data
 from hsid.services.locks import singleton_lock
 
 log = structlog.get_logger(__name__)
@@ -45,8 +45,6 @@ LOCK_LEASE_SECONDS = 60.0
 MAX_RETRY_DELAY_SECONDS = 86_400.0  # caps the doubling, so a large max_attempts cannot overflow
 WRITE_BACK_TIMEOUT_SECONDS = 10.0
 FINAL_STATES = ("delivered", "failed")  # a channel's other state is "retrying"
-PAYLOAD_FIELDS = ("rule_name", "camera_id", "camera_name", "risk_score", "risk_level",
-                  "summary", "started_at")  # taken from metadata; None where missing
 STORE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
                 aioredis.RedisError)
 
@@ -89,11 +87,8 @@ class _Alert:
         channels = row["channels"]
         channels = [channels] if isinstance(channels, str) else channels or []
         delivery = meta.get("delivery") if isinstance(meta.get("delivery"), dict) else {}
-        data = {"id": str(row["id"]), "event_id": row["event_id"],
-                "rule_id": None if row["rule_id"] is None else str(row["rule_id"]),
-                "severity": row["severity"], "created_at": row["created_at"].isoformat(),
-                "dedup_key": row["dedup_key"], **{k: meta.get(k) for k in PAYLOAD_FIELDS}}
-        return cls(row["id"], tuple(dict.fromkeys(map(str, channels))), delivery, data)
+        return cls(row["id"], tuple(dict.fromkeys(map(str, channels))), delivery,
+                   alert_data(row))
 
 
 def _is_due(entry: dict[str, Any], now: datetime) -> bool:

@@ -159,8 +159,10 @@ async def _insert_rule(db: asyncpg.Pool, name: str, severity: str, **columns: An
 
 async def _raise(db: asyncpg.Pool, event: EventFacts,
                  config: AlertsConfig | None = None) -> str | None:
+    """The id of the alert the event raised, if any."""
     async with db.acquire() as conn, conn.transaction():
-        return await raise_alert(conn, event, config or AlertsConfig())
+        alert = await raise_alert(conn, event, config or AlertsConfig())
+    return None if alert is None else alert["id"]
 
 
 async def test_highest_severity_wins_and_every_matching_rule_is_heard(
@@ -259,12 +261,14 @@ async def _detection(db: asyncpg.Pool, camera_root: Path, kind: str = "person") 
         "200, 400) RETURNING id", CAMERA, str(camera_root / "gone.jpg"), FRIDAY_NIGHT, kind)
 
 
-async def test_event_and_its_alert_are_stored_together(
-    analysis: ReliableQueue, db: asyncpg.Pool, camera_root: Path,
+async def test_event_and_its_alert_are_stored_together_and_published(
+    analysis: ReliableQueue, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path,
 ) -> None:
     rule = await _insert_rule(db, "person on porch", "high", object_types=["person"],
                               zone_ids=["z-porch"], channels=["log"])
     detection = await _detection(db, camera_root)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe("security_events")
 
     await analysis.push({"batch_id": "b-alert", "camera_id": CAMERA,
                          "detection_ids": [detection]})
@@ -275,6 +279,19 @@ async def test_event_and_its_alert_are_stored_together(
     assert str(alert["rule_id"]) == rule
     assert alert["metadata"]["risk_score"] == event["risk_score"]
     assert alert["metadata"]["zones"] == ["Porch"]
+    # Clients hear of the event, then of its alert, in the channels' payload shape.
+    kinds = []
+    while len(kinds) < 2:
+        message = await eventually(lambda: pubsub.get_message(ignore_subscribe_messages=True,
+                                                              timeout=0.1))
+        kinds.append(json.loads(message["data"]))
+    assert [m["type"] for m in kinds] == ["event", "alert"]
+    data = kinds[1]["data"]
+    assert (data["id"], data["event_id"], data["rule_id"]) == (str(alert["id"]), event["id"],
+                                                              rule)
+    assert (data["severity"], data["camera_id"], data["rule_name"]) == (
+        "high", CAMERA, "person on porch")
+    await pubsub.aclose()
 
 
 async def test_a_broken_rule_never_costs_the_event(
