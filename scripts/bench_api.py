@@ -45,16 +45,6 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 SUMMARIES = ("Person at the front door", "Car in the driveway", "Dog crossing the yard",
              "Delivery van stopped", "Unknown person near the garage at night")
 OBJECTS = ("person", "car", "dog", "truck", "cat")
-# Indexes beyond schema.sql that the list filters would use (--suggested-indexes measures
-# them); proposals for schema.sql, not applied by hsid.
-# Candidates not (yet) in schema.sql; idx_events_risk_level and idx_detections_object_type,
-# measured here first, now are.
-SUGGESTED_INDEXES = (
-    # the review queue: unreviewed events, per camera, above a risk score
-    "CREATE INDEX idx_events_unreviewed ON events (camera_id, risk_score) WHERE NOT reviewed",
-    "CREATE EXTENSION IF NOT EXISTS pg_trgm",
-    "CREATE INDEX idx_events_summary_trgm ON events USING gin (summary gin_trgm_ops)",
-)
 FILTERED_QUERY = {"camera_id": "cam_3", "min_risk": 60, "reviewed": False}
 
 
@@ -214,7 +204,7 @@ def scenarios() -> list[Scenario]:
     ]
 
 
-async def main(duration: float, concurrency: int, suggested: bool) -> None:
+async def main(duration: float, concurrency: int) -> None:
     name = f"hsid_bench_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(PG_ADMIN_URL)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -225,10 +215,6 @@ async def main(duration: float, concurrency: int, suggested: bool) -> None:
         await apply_schema(pool)
         started = time.perf_counter()
         await seed(pool)
-        for statement in SUGGESTED_INDEXES if suggested else ():
-            await pool.execute(statement)
-        if suggested:
-            await pool.execute("ANALYZE")
         print(f"seeded {EVENTS} events and {DETECTIONS} detections in "
               f"{time.perf_counter() - started:.1f} s\nquery plans (EXPLAIN ANALYZE):")
         await explain(pool)
@@ -257,7 +243,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per route")
     parser.add_argument("--concurrency", type=int, default=4, help="connections in flight")
-    parser.add_argument("--suggested-indexes", action="store_true",
-                        help="also create SUGGESTED_INDEXES before measuring")
     options = parser.parse_args()
-    asyncio.run(main(options.duration, options.concurrency, options.suggested_indexes))
+    asyncio.run(main(options.duration, options.concurrency))
