@@ -157,6 +157,13 @@ class GpuConfig:
     status_interval_seconds: float = _range(0.5, 3600, default=5.0)
 
 
+@dataclass(frozen=True, slots=True)
+class BaselinesConfig:
+    enabled: bool = True  # false: no baseline updates, and none in the prompt
+    decay: float = _range(0.01, 1.0, default=0.1)  # the newest hour's weight in the average
+    min_samples: int = _range(1, 10_000, default=4)  # history a slot needs to be quoted
+
+
 ALERT_CHANNELS = ("log", "webhook", "mqtt")
 
 
@@ -190,6 +197,7 @@ class Config:
     retention: RetentionConfig = RetentionConfig()
     gpu: GpuConfig = GpuConfig()
     alerts: AlertsConfig = AlertsConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
 
     def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> Config:
         """A copy with `{section: {key: value}}` applied and validated (tests, `hsid demo`)."""

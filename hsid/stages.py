@@ -105,6 +105,7 @@ async def _analyze(runtime: Runtime) -> Stages:
 
 
 async def _services(runtime: Runtime) -> Stages:
+    from hsid.services.baselines import BaselineService
     from hsid.services.cleanup import CleanupService
     from hsid.services.gpu import GpuMonitor
     from hsid.services.notify import Notifier
@@ -122,4 +123,6 @@ async def _services(runtime: Runtime) -> Stages:
         ("cleanup", lambda: CleanupService(config.retention, config.paths, pool, redis,
                                            runtime.stopping)),
         ("notifier", lambda: Notifier(config.alerts, pool, redis, runtime.stopping)),
-    ]
+    ] + ([("baselines", lambda: BaselineService(config.baselines, pool, redis,
+                                                runtime.stopping))]
+         if config.baselines.enabled else [])

@@ -29,6 +29,7 @@ from hsid.pipeline.detector import image_header
 from hsid.pipeline.prompts import active_settings
 from hsid.queues import Job, ReliableQueue, consume
 from hsid.services.alerts import DetectionFacts, EventFacts, raise_alert
+from hsid.services.baselines import baseline_context
 from hsid.services.zones import enabled_zones, zones_of_box
 
 log = structlog.get_logger(__name__)
@@ -81,6 +82,44 @@ def upload_age_seconds(path: str) -> float | None:
         return None
 
 
+async def batch_context(pool: asyncpg.Pool, config: Config, camera_id: str,
+                        rows: list[asyncpg.Record]) -> BatchContext:
+    """What the analyzer and the alert rules know of a batch: camera, time, each detection
+    with its position and zones, and how usual such activity is."""
+    name = await pool.fetchval(SELECT_CAMERA_NAME, camera_id) or camera_id
+    zones = await enabled_zones(pool, camera_id)
+    detections = []
+    for row in rows:
+        box = (row["bbox_x"] or 0, row["bbox_y"] or 0, row["bbox_width"] or 0,
+               row["bbox_height"] or 0)
+        width, height = await asyncio.to_thread(
+            image_size, row["file_path"], (box[0] + box[2], box[1] + box[3]))
+        inside = zones_of_box(zones, box, width, height)
+        detections.append(DetectionContext(
+            object_type=row["object_type"] or "object", confidence=row["confidence"] or 0.0,
+            bbox=(box[0], box[1], box[0] + box[2], box[1] + box[3]),
+            image_width=width, image_height=height,
+            zones=[zone.name for zone in inside],
+            zone_ids=tuple(str(zone.id) for zone in inside)))
+    return BatchContext(camera_name=name, local_time=rows[0]["detected_at"].astimezone(),
+                        detections=detections,
+                        extra_context=await _baselines(pool, config, camera_id, rows))
+
+
+async def _baselines(pool: asyncpg.Pool, config: Config, camera_id: str,
+                     rows: list[asyncpg.Record]) -> list[str]:
+    """How usual this is, for the prompt; best-effort: without it the analysis goes on."""
+    if not config.baselines.enabled:
+        return []
+    try:
+        return await baseline_context(
+            pool, config.baselines, camera_id, rows[-1]["detected_at"],
+            [row["object_type"] for row in rows if row["object_type"]])
+    except asyncpg.PostgresError as err:
+        log.warning("baseline_context_unavailable", error=str(err))
+        return []
+
+
 class AnalyzeWorker:
     """Stage: consumes analysis_queue until `stopping` is set."""
 
@@ -107,34 +146,13 @@ class AnalyzeWorker:
                 rows = await self._pool.fetch(SELECT_DETECTIONS, ids, camera_id)
                 if not rows:
                     raise PermanentError(f"none of detections {ids} exist any more")
-                context = await self._context(camera_id, rows)
+                context = await batch_context(self._pool, self._config, camera_id, rows)
                 assessment = self._assessed.get(batch_id) or await self._assess(context)
                 self._assessed[batch_id] = assessment
                 await self._store(batch_id, camera_id, rows, context, assessment)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
                 raise TransientError(f"database: {err}") from err
             self._assessed.pop(batch_id, None)
-
-    async def _context(self, camera_id: str, rows: list[asyncpg.Record]) -> BatchContext:
-        """What the analyzer and the alert rules know of the batch: camera, time, and each
-        detection with its position and zones."""
-        name = await self._pool.fetchval(SELECT_CAMERA_NAME, camera_id) or camera_id
-        zones = await enabled_zones(self._pool, camera_id)
-        detections = []
-        for row in rows:
-            box = (row["bbox_x"] or 0, row["bbox_y"] or 0, row["bbox_width"] or 0,
-                   row["bbox_height"] or 0)
-            width, height = await asyncio.to_thread(
-                image_size, row["file_path"], (box[0] + box[2], box[1] + box[3]))
-            inside = zones_of_box(zones, box, width, height)
-            detections.append(DetectionContext(
-                object_type=row["object_type"] or "object", confidence=row["confidence"] or 0.0,
-                bbox=(box[0], box[1], box[0] + box[2], box[1] + box[3]),
-                image_width=width, image_height=height,
-                zones=[zone.name for zone in inside],
-                zone_ids=tuple(str(zone.id) for zone in inside)))
-        return BatchContext(camera_name=name, local_time=rows[0]["detected_at"].astimezone(),
-                            detections=detections)
 
     async def _assess(self, context: BatchContext) -> RiskAssessment:
         started = time.perf_counter()

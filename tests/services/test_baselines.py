@@ -1,0 +1,166 @@
+"""Baselines: hourly moving averages by slot, zeros for quiet hours, catching up after a
+restart without counting an hour twice, and the prompt lines they give."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from hsid.config import BaselinesConfig, Config
+from hsid.pipeline.analyze_worker import batch_context
+from hsid.pipeline.analyzer import build_prompt
+from hsid.services import baselines
+from hsid.services.baselines import (
+    BaselineService,
+    baseline_context,
+    local_slot,
+    update_baselines,
+)
+from tests.support import eventually
+
+CAMERA = "yard"
+CREATED = datetime(2026, 11, 25, 8, 30, tzinfo=UTC)
+NOW = datetime(2026, 11, 25, 12, 15, tzinfo=UTC)  # hours 09, 10 and 11 are closed and settled
+CONFIG = BaselinesConfig(decay=0.1, min_samples=2)
+
+
+@pytest.fixture
+async def camera(db: asyncpg.Pool) -> str:
+    await db.execute("INSERT INTO cameras (id, name, folder_path, created_at) "
+                     "VALUES ($1, 'Yard', '/x', $2)", CAMERA, CREATED)
+    return CAMERA
+
+
+async def _detect(db: asyncpg.Pool, at: datetime, kind: str, times: int = 1) -> None:
+    for _ in range(times):
+        await db.execute("INSERT INTO detections (camera_id, file_path, detected_at, object_type)"
+                         " VALUES ($1, '/x/a.jpg', $2, $3)", CAMERA, at, kind)
+
+
+async def _activity(db: asyncpg.Pool, hour_start: datetime) -> tuple[float, int]:
+    hour, weekday = local_slot(hour_start)
+    row = await db.fetchrow("SELECT avg_count, sample_count FROM activity_baselines "
+                            "WHERE camera_id = $1 AND hour = $2 AND day_of_week = $3",
+                            CAMERA, hour, weekday)
+    return row["avg_count"], row["sample_count"]
+
+
+async def _classes(db: asyncpg.Pool, hour_start: datetime) -> dict[str, tuple[float, int]]:
+    hour, _ = local_slot(hour_start)
+    rows = await db.fetch("SELECT detection_class, frequency, sample_count FROM class_baselines"
+                          " WHERE camera_id = $1 AND hour = $2", CAMERA, hour)
+    return {r["detection_class"]: (r["frequency"], r["sample_count"]) for r in rows}
+
+
+def _hour(h: int, days: int = 0) -> datetime:
+    return datetime(2026, 11, 25, h, tzinfo=UTC) + timedelta(days=days)
+
+
+async def test_each_closed_hour_counts_once_and_quiet_hours_count_as_zero(
+    db: asyncpg.Pool, camera: str,
+) -> None:
+    await _detect(db, _hour(9) + timedelta(minutes=10), "person", 2)
+    await _detect(db, _hour(9) + timedelta(minutes=40), "car")
+    await _detect(db, _hour(11) + timedelta(minutes=5), "person")
+    await _detect(db, _hour(12) + timedelta(minutes=1), "person")  # the hour is still open
+
+    assert await update_baselines(db, CONFIG, NOW) == 3  # 09, 10, 11; not 08 (half seen)
+    assert await update_baselines(db, CONFIG, NOW) == 0
+
+    assert await _activity(db, _hour(9)) == (3.0, 1)
+    assert await _activity(db, _hour(10)) == (0.0, 1)
+    assert await _activity(db, _hour(11)) == (1.0, 1)
+    assert await _classes(db, _hour(9)) == {"person": (2.0, 1), "car": (1.0, 1)}
+    assert await _classes(db, _hour(10)) == {"person": (0.0, 1), "car": (0.0, 1)}
+    assert await _classes(db, _hour(11)) == {"person": (1.0, 1), "car": (0.0, 1)}
+
+
+async def test_moving_average_weighs_the_newest_hour_by_decay(
+    db: asyncpg.Pool, camera: str,
+) -> None:
+    await _detect(db, _hour(9) + timedelta(minutes=10), "person", 3)
+    await update_baselines(db, CONFIG, NOW)
+    await _detect(db, _hour(9, days=7) + timedelta(minutes=10), "person", 13)
+
+    await update_baselines(db, CONFIG, NOW + timedelta(days=7))
+
+    weekly = 0.1 * 13 + 0.9 * 3.0  # the same weekday and hour, a week later
+    assert await _activity(db, _hour(9)) == (pytest.approx(weekly), 2)
+    daily = 3.0
+    for count in (0, 0, 0, 0, 0, 0, 13):  # the same hour on each of the next seven days
+        daily = 0.1 * count + 0.9 * daily
+    frequency, samples = (await _classes(db, _hour(9)))["person"]
+    assert (frequency, samples) == (pytest.approx(daily), 8)
+
+
+async def test_a_long_outage_catches_up_one_week_at_most(
+    db: asyncpg.Pool, camera: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(baselines, "CATCH_UP_HOURS", 5)
+
+    assert await update_baselines(db, CONFIG, NOW + timedelta(days=30)) == 5
+    assert await db.fetchval("SELECT sum(sample_count) FROM activity_baselines") == 5
+
+
+async def test_prompt_lines_quote_slots_with_enough_history(
+    db: asyncpg.Pool, camera: str,
+) -> None:
+    moment = _hour(2) + timedelta(minutes=40)
+    hour, weekday = local_slot(moment)
+    await db.execute("INSERT INTO activity_baselines (camera_id, hour, day_of_week, avg_count,"
+                     " sample_count) VALUES ($1, $2, $3, 0.5, 6)", CAMERA, hour, weekday)
+    await db.executemany(
+        "INSERT INTO class_baselines (camera_id, detection_class, hour, frequency, sample_count)"
+        " VALUES ($1, $2, $3, $4, $5)",
+        [(CAMERA, "person", hour, 0.04, 30), (CAMERA, "car", hour, 1.5, 1)])
+    hour_start = moment.astimezone().replace(minute=0, second=0, microsecond=0)
+    await _detect(db, hour_start + timedelta(minutes=5), "person", 4)
+
+    lines = await baseline_context(db, CONFIG, CAMERA, moment, ["person", "car"])
+
+    assert len(lines) == 2  # car's slot has 1 sample, under min_samples
+    assert "usually sees 0.5 detections an hour" in lines[0]
+    assert "(6 weeks of history); this hour so far: 4. That is unusually busy." in lines[0]
+    assert lines[1].startswith("person: usually 0.04 detections an hour")
+    assert "(30 days of history) (rare here at this time)" in lines[1]
+    assert await baseline_context(db, BaselinesConfig(min_samples=50), CAMERA, moment,
+                                  ["person"]) == []
+
+
+async def test_the_batch_context_carries_the_lines_unless_baselines_are_off(
+    db: asyncpg.Pool, camera: str, config: Config,
+) -> None:
+    moment = _hour(3) + timedelta(minutes=20)
+    hour, weekday = local_slot(moment)
+    await db.execute("INSERT INTO activity_baselines (camera_id, hour, day_of_week, avg_count,"
+                     " sample_count) VALUES ($1, $2, $3, 2.0, 9)", CAMERA, hour, weekday)
+    await _detect(db, moment, "person")
+    rows = await db.fetch("SELECT * FROM detections")
+
+    context = await batch_context(db, config, CAMERA, rows)
+    off = await batch_context(db, config.with_overrides({"baselines": {"enabled": False}}),
+                              CAMERA, rows)
+
+    [line] = context.extra_context
+    assert "usually sees 2.0 detections an hour" in line and "(9 weeks of history)" in line
+    assert off.extra_context == []
+    assert "Context:\n- This camera usually sees 2.0" in build_prompt(context)
+
+
+async def test_the_service_keeps_baselines_up_to_date(
+    db: asyncpg.Pool, redis: aioredis.Redis, camera: str,
+) -> None:
+    stopping = asyncio.Event()
+    task = asyncio.create_task(BaselineService(CONFIG, db, redis, stopping).run())
+    try:
+        taken = await eventually(lambda: db.fetchval(
+            "SELECT sum(sample_count) FROM activity_baselines"), what="baselines")
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 10)
+    assert taken >= 1
+    assert await redis.exists("lock:baselines") == 0
