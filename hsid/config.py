@@ -164,6 +164,11 @@ class BaselinesConfig:
     min_samples: int = _range(1, 10_000, default=4)  # history a slot needs to be quoted
 
 
+@dataclass(frozen=True, slots=True)
+class SceneConfig:
+    enabled: bool = True  # watch each camera's view for tamper (covered, blinded, turned)
+
+
 ALERT_CHANNELS = ("log", "webhook", "mqtt")
 
 
@@ -198,6 +203,7 @@ class Config:
     gpu: GpuConfig = GpuConfig()
     alerts: AlertsConfig = AlertsConfig()
     baselines: BaselinesConfig = BaselinesConfig()
+    scene: SceneConfig = SceneConfig()
 
     def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> Config:
         """A copy with `{section: {key: value}}` applied and validated (tests, `hsid demo`)."""

@@ -30,6 +30,7 @@ from hsid.pipeline.prompts import active_settings
 from hsid.queues import Job, ReliableQueue, consume
 from hsid.services.alerts import DetectionFacts, EventFacts, raise_alert
 from hsid.services.baselines import baseline_context
+from hsid.services.scene import scene_context
 from hsid.services.zones import enabled_zones, zones_of_box
 
 log = structlog.get_logger(__name__)
@@ -103,21 +104,24 @@ async def batch_context(pool: asyncpg.Pool, config: Config, camera_id: str,
             zone_ids=tuple(str(zone.id) for zone in inside)))
     return BatchContext(camera_name=name, local_time=rows[0]["detected_at"].astimezone(),
                         detections=detections,
-                        extra_context=await _baselines(pool, config, camera_id, rows))
+                        extra_context=await _enrichment(pool, config, camera_id, rows))
 
 
-async def _baselines(pool: asyncpg.Pool, config: Config, camera_id: str,
-                     rows: list[asyncpg.Record]) -> list[str]:
-    """How usual this is, for the prompt; best-effort: without it the analysis goes on."""
-    if not config.baselines.enabled:
-        return []
+async def _enrichment(pool: asyncpg.Pool, config: Config, camera_id: str,
+                      rows: list[asyncpg.Record]) -> list[str]:
+    """How usual this is and whether the view was tampered with, for the prompt;
+    best-effort: without it the analysis goes on."""
+    lines: list[str] = []
     try:
-        return await baseline_context(
-            pool, config.baselines, camera_id, rows[-1]["detected_at"],
-            [row["object_type"] for row in rows if row["object_type"]])
+        if config.scene.enabled:
+            lines += await scene_context(pool, camera_id)
+        if config.baselines.enabled:
+            lines += await baseline_context(
+                pool, config.baselines, camera_id, rows[-1]["detected_at"],
+                [row["object_type"] for row in rows if row["object_type"]])
     except asyncpg.PostgresError as err:
-        log.warning("baseline_context_unavailable", error=str(err))
-        return []
+        log.warning("context_unavailable", error=str(err))
+    return lines
 
 
 class AnalyzeWorker:

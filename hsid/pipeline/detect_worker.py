@@ -34,6 +34,7 @@ from hsid.pipeline.batcher import Batcher, NewDetection
 from hsid.pipeline.detector import DecodedImage, Detector, ObjectDetection, decode
 from hsid.pipeline.thumbnails import make_thumbnail, thumbnail_path, write_thumbnail
 from hsid.queues import Job, ReliableQueue, process_with_retries
+from hsid.services.scene import SceneMonitor
 
 log = structlog.get_logger(__name__)
 
@@ -94,6 +95,7 @@ class DetectWorker:
         self._detector = detector
         self._batcher = batcher
         self._stopping = stopping
+        self._scene = SceneMonitor(pool) if config.scene.enabled else None
 
     async def run(self) -> None:
         await self._queue.recover()
@@ -166,9 +168,19 @@ class DetectWorker:
         for detection in stored:
             metrics.DETECTIONS.labels(detection.object_type).inc()
         log.info("image_processed", file=str(task.path), detections=len(stored))
+        await self._watch_scene(task, detected_at)
         if stored:
             await self._announce(task, detected_at, stored)
             await self._batcher.add(task.camera_id, stored)
+
+    async def _watch_scene(self, task: ImageTask, detected_at: datetime) -> None:
+        """Tamper watch, best-effort: the image's rows are committed whatever it finds."""
+        if self._scene is None or task.image is None:
+            return
+        try:
+            await self._scene.observe(task.camera_id, task.image.tensor, detected_at)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            log.warning("scene_watch_failed", error=str(err) or type(err).__name__)
 
     async def _commit(self, task: ImageTask, detected_at: datetime) -> list[NewDetection] | None:
         """Insert the image's rows unless they exist; None when they already did."""
