@@ -4,11 +4,14 @@
 Each snapshot is reduced to a 64x64 grey thumbnail (from the model's input, so it costs well
 under a millisecond) and compared with the camera's reference view, which is learned from its
 first LEARN_IMAGES snapshots and then follows slow change (daylight, seasons) as a moving
-average of the snapshots that look normal. A snapshot is
-- an obstruction when its contrast or detail falls under a quarter of the reference's (a
-  covered or sprayed lens, a blurred view): severity high;
-- a lighting change when its mean brightness moves by more than 0.4 on a 0-1 scale (a torch
-  in the lens, lights cut): severity medium;
+average of the snapshots that look normal. Contrast and detail are measured relative to the
+mean brightness, so the same scene at dusk or under infrared still looks like itself. A
+snapshot is
+- a lighting change when it is nearly all black or all white (mean under DARK or over BRIGHT)
+  and its brightness moved by more than 0.4 on a 0-1 scale (a torch in the lens, lights cut;
+  a camera without night vision reports one at nightfall): severity medium;
+- an obstruction when its relative contrast or detail falls under a quarter of the
+  reference's (a covered or sprayed lens, a blurred view): severity high;
 - a movement when its structure no longer correlates with the reference (correlation under
   0.3): the camera was turned; severity medium.
 A change is recorded after CONFIRM_IMAGES such snapshots in a row (a truck passing close by
@@ -40,6 +43,8 @@ ADOPT_IMAGES = 20
 FOLLOW_RATE = 0.05  # the weight of a normal snapshot in the reference
 OBSTRUCTED_FRACTION = 0.25
 LIGHTING_SHIFT = 0.4
+DARK, BRIGHT = 0.03, 0.97
+MIN_BRIGHTNESS = 0.02  # relative measures divide by the brightness, never by ~0
 MOVED_CORRELATION = 0.3
 SEVERITY = {"obstruction": "high", "lighting": "medium", "movement": "medium"}
 DESCRIPTIONS = {
@@ -65,9 +70,9 @@ WHERE camera_id = $1 AND resolved_at IS NULL ORDER BY detected_at
 
 @dataclass(frozen=True, slots=True)
 class Measures:
-    brightness: float
-    contrast: float
-    detail: float
+    brightness: float  # mean, 0..1
+    contrast: float  # standard deviation / brightness
+    detail: float  # mean absolute Laplacian / brightness
     correlation: float  # with the reference view, -1..1
 
     def as_details(self) -> dict[str, float]:
@@ -84,16 +89,20 @@ def measure(view: np.ndarray, reference: np.ndarray) -> Measures:
     centred, ref = view - view.mean(), reference - reference.mean()
     scale = float(np.sqrt((centred**2).sum() * (ref**2).sum()))
     correlation = float((centred * ref).sum() / scale) if scale > 1e-9 else 0.0
-    return Measures(float(view.mean()), float(view.std()), _detail(view), correlation)
+    brightness = float(view.mean())
+    scale_by = max(brightness, MIN_BRIGHTNESS)
+    return Measures(brightness, float(view.std()) / scale_by, _detail(view) / scale_by,
+                    correlation)
 
 
 def classify(now: Measures, usual: Measures) -> str | None:
     """The kind of change `now` shows against the reference's own measures, or None."""
+    extreme = now.brightness < DARK or now.brightness > BRIGHT
+    if extreme and abs(now.brightness - usual.brightness) > LIGHTING_SHIFT:
+        return "lighting"
     if (now.contrast < OBSTRUCTED_FRACTION * usual.contrast
             or now.detail < OBSTRUCTED_FRACTION * usual.detail):
         return "obstruction"
-    if abs(now.brightness - usual.brightness) > LIGHTING_SHIFT:
-        return "lighting"
     if now.correlation < MOVED_CORRELATION:
         return "movement"
     return None

@@ -17,14 +17,14 @@ CAMERA = "gate"
 T0 = datetime(2026, 11, 26, 1, 0, tzinfo=UTC)
 
 
-def view(seed: int, offset: float = 0.0, jitter: int = 0) -> np.ndarray:
-    """A [3, 640, 640] model input of a textured scene (dark: mean about 0.3), with a
-    little sensor noise that differs per snapshot."""
+def view(seed: int, offset: float = 0.0, jitter: int = 0, light: float = 1.0) -> np.ndarray:
+    """A [3, 640, 640] model input of a textured scene (mean about 0.3) under `light`, with
+    a little sensor noise that differs per snapshot."""
     rng = np.random.default_rng(seed)
     coarse = rng.random((12, 12)).astype(np.float32)
     grey = 0.1 + 0.4 * cv2.resize(coarse, (640, 640), interpolation=cv2.INTER_CUBIC)
-    noise = np.random.default_rng(1000 + jitter).normal(0, 0.01, grey.shape)
-    grey = np.clip(grey + offset + noise, 0, 1).astype(np.float32)
+    noise = np.random.default_rng(1000 + jitter).normal(0, 0.01 * light, grey.shape)
+    grey = np.clip(grey * light + offset + noise, 0, 1).astype(np.float32)
     return np.stack([grey, grey, grey])
 
 
@@ -92,14 +92,24 @@ async def test_normal_snapshots_never_raise_a_change(db: asyncpg.Pool,
     assert await _changes(db) == []
 
 
-async def test_an_abrupt_brightness_jump_is_a_lighting_change(
+async def test_a_blinding_light_is_a_lighting_change(
     db: asyncpg.Pool, monitor: SceneMonitor,
 ) -> None:
     feed = Feed(monitor)
     await feed.normal(scene.LEARN_IMAGES + 5)
-    await feed.send(view(1, offset=0.45), scene.CONFIRM_IMAGES)
+    await feed.send(view(1, offset=0.9), scene.CONFIRM_IMAGES)
     [change] = await _changes(db)
     assert (change["change_type"], change["severity"]) == ("lighting", "medium")
+
+
+async def test_the_same_scene_at_dusk_or_under_infrared_is_not_a_change(
+    db: asyncpg.Pool, monitor: SceneMonitor,
+) -> None:
+    feed = Feed(monitor)
+    await feed.normal(scene.LEARN_IMAGES + 5)
+    for n in range(10):  # no snapshots while it got dark: the first one is already dim
+        await feed.send(view(1, jitter=n, light=0.2))
+    assert await _changes(db) == []
 
 
 async def test_a_turned_camera_is_recorded_then_its_new_view_adopted(
