@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 from hsid.config import ALERT_CHANNELS, AlertsConfig
 from hsid.errors import InvalidInput, PermanentError, TransientError
-from hsid.services.channels import AlertChannels, configured_channels
+from hsid.services.channels import AlertChannels, alert_data, configured_channels
 
 ALERTS_ACTIONS = ("test",)
 TEST_CAMERA = "hsid_test"  # MQTT: published to <mqtt_topic>/hsid_test
@@ -17,12 +17,14 @@ TEST_CAMERA = "hsid_test"  # MQTT: published to <mqtt_topic>/hsid_test
 
 def test_alert_data() -> dict[str, Any]:
     """An alert's payload data, marked `"test": true`, with no event or rule behind it."""
-    now = datetime.now(UTC).isoformat()
-    return {"id": f"test-{uuid.uuid4()}", "event_id": None, "rule_id": None,
-            "rule_name": "hsid alerts test", "severity": "low", "camera_id": TEST_CAMERA,
-            "camera_name": "hsid test", "risk_score": 0, "risk_level": "low",
-            "summary": "Test alert from hsid: this channel works.", "started_at": now,
-            "created_at": now, "dedup_key": "hsid:test", "test": True}
+    now = datetime.now(UTC)
+    row = {"id": f"test-{uuid.uuid4()}", "event_id": None, "rule_id": None, "severity": "low",
+           "created_at": now, "dedup_key": "hsid:test", "metadata": {
+               "rule_name": "hsid alerts test", "camera_id": TEST_CAMERA,
+               "camera_name": "hsid test", "risk_score": 0, "risk_level": "low",
+               "summary": "Test alert from hsid: this channel works.",
+               "started_at": now.isoformat()}}
+    return {**alert_data(row), "test": True}
 
 
 async def alerts_command(config: AlertsConfig, action: str, channels: list[str],

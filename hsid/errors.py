@@ -1,5 +1,13 @@
 """The one small error hierarchy: every failure hsid raises on purpose is one of these."""
 
+import asyncpg
+import redis.asyncio as aioredis
+
+# What the stores' libraries raise when PostgreSQL or Redis is down or gone: background
+# services catch these, log, and try again on their next round.
+STORE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                aioredis.RedisError)
+
 
 class HsidError(Exception):
     """Base of every error hsid raises on purpose; `code` is the stable API error key."""

@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from hsid.config import BaselinesConfig
+from hsid.errors import STORE_ERRORS
 from hsid.services.locks import singleton_lock
 
 log = structlog.get_logger(__name__)
@@ -36,8 +37,6 @@ CHECK_SECONDS = 60.0
 HOUR = timedelta(hours=1)
 WEEKDAY_NAMES = ("Mondays", "Tuesdays", "Wednesdays", "Thursdays", "Fridays", "Saturdays",
                  "Sundays")
-STORE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                aioredis.RedisError)
 
 SELECT_CAMERA_PROGRESS = """
 SELECT c.id, c.created_at, max(a.last_updated) AS done_until

@@ -35,8 +35,8 @@ PAYLOAD_FIELDS = ("rule_name", "camera_id", "camera_name", "risk_score", "risk_l
 
 def configured_channels(config: AlertsConfig) -> list[str]:
     """The channels that can work as configured: the journal always, the others once set."""
-    urls = {"log": "-", "webhook": config.webhook_url, "mqtt": config.mqtt_url}
-    return [channel for channel in ALERT_CHANNELS if urls[channel]]
+    urls = {"webhook": config.webhook_url, "mqtt": config.mqtt_url}
+    return [channel for channel in ALERT_CHANNELS if channel == "log" or urls[channel]]
 
 
 def alert_data(row: Mapping[str, Any]) -> dict[str, Any]:

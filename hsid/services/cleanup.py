@@ -26,6 +26,7 @@ import structlog
 
 from hsid.config import Config, PathsConfig, RetentionConfig
 from hsid.db import create_pool
+from hsid.errors import STORE_ERRORS
 from hsid.services.locks import singleton_lock
 
 log = structlog.get_logger(__name__)
@@ -40,8 +41,6 @@ ORPHAN_GRACE = timedelta(hours=1)
 # a DST change or a clock correction does not make the run late.
 SCHEDULE_CHECK_SECONDS = 60.0
 RETRY_AFTER_FAILURE_SECONDS = 600.0  # a failed daily run is tried again, not skipped a day
-STORE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                aioredis.RedisError)
 
 DELETE_OLD_DETECTIONS = """
 DELETE FROM detections

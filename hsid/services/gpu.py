@@ -15,6 +15,7 @@ from prometheus_client import Gauge
 
 from hsid import metrics
 from hsid.config import GpuConfig
+from hsid.errors import STORE_ERRORS
 from hsid.services.health import Health
 
 log = structlog.get_logger(__name__)
@@ -31,7 +32,6 @@ VALUES ($1, $2, $3, $4, $5, $6, $7)
 """
 
 # Errors that mean "this sample was not stored"; the monitor carries on and tries again.
-STORE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,9 @@ import redis.asyncio as aioredis
 import structlog
 
 from hsid.constants import LOCK_PREFIX, LOCK_TTL_SECONDS
+from hsid.errors import STORE_ERRORS
 
 log = structlog.get_logger(__name__)
-
-LOCK_ERRORS = (OSError, TimeoutError, aioredis.RedisError)
 
 # Compare-and-renew / compare-and-delete: a process only ever touches its own lock.
 RENEW_LOCK = """
@@ -42,7 +41,7 @@ async def singleton_lock(client: aioredis.Redis, duty: str) -> AsyncIterator[boo
     finally:
         renewer.cancel()
         await asyncio.gather(renewer, return_exceptions=True)
-        with contextlib.suppress(*LOCK_ERRORS):  # unreleased, it expires by its TTL
+        with contextlib.suppress(*STORE_ERRORS):  # unreleased, it expires by its TTL
             await client.eval(RELEASE_LOCK, 1, key, token)
 
 
@@ -51,7 +50,7 @@ async def _renew_lock(client: aioredis.Redis, key: str, token: str) -> None:
         await asyncio.sleep(LOCK_TTL_SECONDS / 3)
         try:
             renewed = await client.eval(RENEW_LOCK, 1, key, token, LOCK_TTL_SECONDS)
-        except LOCK_ERRORS as err:
+        except STORE_ERRORS as err:
             log.warning("lock_not_renewed", lock=key, error=str(err) or type(err).__name__)
             continue
         if not renewed:

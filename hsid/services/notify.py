@@ -31,7 +31,7 @@ import structlog
 
 from hsid import metrics
 from hsid.config import ALERT_CHANNELS, AlertsConfig
-from hsid.errors import PermanentError, TransientError
+from hsid.errors import STORE_ERRORS, PermanentError, TransientError
 from hsid.services.channels import AlertChannels, alert_data
 from hsid.services.locks import singleton_lock
 
@@ -45,8 +45,6 @@ LOCK_LEASE_SECONDS = 60.0
 MAX_RETRY_DELAY_SECONDS = 86_400.0  # caps the doubling, so a large max_attempts cannot overflow
 WRITE_BACK_TIMEOUT_SECONDS = 10.0
 FINAL_STATES = ("delivered", "failed")  # a channel's other state is "retrying"
-STORE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                aioredis.RedisError)
 
 # A channel is due unless final or waiting for its retry; $1 is the notifier's clock.
 SELECT_DUE_ALERTS = """
