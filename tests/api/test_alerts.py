@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.api import seed
+from tests import seed
 
 RULE = {
     "name": "Person at night", "severity": "high", "risk_threshold": 70,

@@ -8,7 +8,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
-from tests.api import seed
+from tests import seed
 
 
 async def audit_rows(db: asyncpg.Pool) -> list[dict]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from tests.api import seed
+from tests import seed
 
 CALIBRATIONS = "/api/cameras/front_door/calibrations"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from tests.api import seed
+from tests import seed
 
 JPEG = b"\xff\xd8\xff\xe0fake jpeg\xff\xd9"
 

@@ -7,7 +7,7 @@ import uuid
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from tests.api import seed
+from tests import seed
 
 
 async def test_entities_filter_and_trust(api_client: TestClient, db: asyncpg.Pool) -> None:

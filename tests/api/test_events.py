@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.api import seed
+from tests import seed
 
 T0 = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
 

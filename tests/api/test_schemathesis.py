@@ -32,7 +32,7 @@ from hsid.api.server import build_app
 from hsid.config import Config, load_config
 from hsid.db import create_pool
 from hsid.runtime import Runtime
-from tests.api import seed
+from tests import seed
 from tests.conftest import TABLES, free_port
 
 JPEG = b"\xff\xd8\xff\xe0seeded\xff\xd9"

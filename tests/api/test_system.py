@@ -6,7 +6,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
-from tests.api import seed
+from tests import seed
 from tests.api.conftest import MakeClient
 
 

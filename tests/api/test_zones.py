@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.api import seed
+from tests import seed
 
 ZONES = "/api/cameras/front_door/zones"
 

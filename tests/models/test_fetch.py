@@ -23,6 +23,7 @@ from hsid.models.fetch import (
     fetch_models,
     load_manifest,
 )
+from tests.models.manifests import write_manifest
 
 PAYLOAD = random.Random(7).randbytes(3 * (1 << 20) + 12_345)  # several chunks, odd tail
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -319,14 +320,7 @@ async def test_file_without_checksum_is_never_called_verified_but_held_to_its_fi
 
 
 def _write_manifest(path: Path, url: str, names: tuple[str, ...] = ("small",)) -> Path:
-    tables = [
-        f'[[model]]\nname = "{name}"\nrole = "analyzer"\nconfig_key = "analyzer.model"\n'
-        f'filename = "{name}.gguf"\nurl = "{url}"\nsha256 = "{PAYLOAD_SHA}"\n'
-        f'size = {len(PAYLOAD)}\nlicence = "test"\n'
-        for name in names
-    ]
-    path.write_text("\n".join(tables), encoding="utf-8")
-    return path
+    return write_manifest(path, url, names, PAYLOAD)
 
 
 async def test_fetch_models_fetches_only_the_named_entries(

@@ -7,27 +7,16 @@ import re
 from pathlib import Path
 
 from hsid.models.inventory import list_models
+from tests.models.manifests import write_manifest
 
 PAYLOAD = bytes(3 * (1 << 20) + 12_345)  # 3.2 MB; listing compares sizes, never hashes
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 SHIPPED_MANIFEST = Path(__file__).resolve().parents[2] / "models" / "manifest.toml"
 
 
-def _write_manifest(path: Path, url: str, names: tuple[str, ...]) -> Path:
-    tables = [
-        f'[[model]]\nname = "{name}"\nrole = "analyzer"\nconfig_key = "analyzer.model"\n'
-        f'filename = "{name}.gguf"\nurl = "{url}"\nsha256 = "{PAYLOAD_SHA}"\n'
-        f'size = {len(PAYLOAD)}\nlicence = "test"\n'
-        for name in names
-    ]
-    path.write_text("\n".join(tables), encoding="utf-8")
-    return path
-
-
 def test_list_models_reports_files_and_configured_paths(tmp_path: Path) -> None:
-    manifest = _write_manifest(
-        tmp_path / "manifest.toml", "https://example.org/x", ("done", "half", "absent", "wrong")
-    )
+    manifest = write_manifest(tmp_path / "manifest.toml", "https://example.org/x",
+                              ("done", "half", "absent", "wrong"), PAYLOAD)
     dest = tmp_path / "models"
     dest.mkdir()
     (dest / "done.gguf").write_bytes(PAYLOAD)

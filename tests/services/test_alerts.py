@@ -29,6 +29,7 @@ from hsid.services.alerts import (
     raise_alert,
     schedule_problem,
 )
+from tests import seed
 from tests.support import eventually
 
 CAMERA = "porch_cam"
@@ -141,12 +142,9 @@ def test_dedup_key_template_is_filled_in() -> None:
 @pytest.fixture
 async def stored_events(db: asyncpg.Pool) -> list[int]:
     """A camera and three stored events to hang alerts on."""
-    await db.execute("INSERT INTO cameras (id, name, folder_path) VALUES ($1, 'Porch', '/x')",
-                     CAMERA)
-    return [await db.fetchval(
-        "INSERT INTO events (batch_id, camera_id, started_at, risk_score, risk_level) "
-        "VALUES ($1, $2, $3, 70, 'high') RETURNING id", f"b{n}", CAMERA, FRIDAY_NIGHT)
-        for n in range(3)]
+    await seed.camera(db, CAMERA, name="Porch")
+    return [await seed.event(db, CAMERA, risk_score=70, risk_level="high",
+                             started_at=FRIDAY_NIGHT) for _ in range(3)]
 
 
 async def _insert_rule(db: asyncpg.Pool, name: str, severity: str, **columns: Any) -> str:
@@ -237,8 +235,7 @@ async def test_two_workers_racing_on_one_dedup_key_raise_one_alert(
 async def analysis(config: Config, db: asyncpg.Pool, redis: aioredis.Redis,
                    camera_root: Path) -> AsyncIterator[ReliableQueue]:
     """A running analyze worker (rule-based scoring) and a porch zone on the camera."""
-    await db.execute("INSERT INTO cameras (id, name, folder_path) VALUES ($1, 'Porch', $2)",
-                     CAMERA, str(camera_root / CAMERA))
+    await seed.camera(db, CAMERA, folder=str(camera_root / CAMERA), name="Porch")
     await db.execute(
         "INSERT INTO zones (id, camera_id, name, zone_type, coordinates) "
         "VALUES ('z-porch', $1, 'Porch', 'entry_point', $2)",

@@ -24,6 +24,7 @@ from structlog.testing import capture_logs
 from hsid import metrics
 from hsid.config import Config
 from hsid.services.notify import SELECT_DUE_ALERTS, Notifier
+from tests import seed
 from tests.conftest import free_port
 from tests.services.receivers import MQTT_HOST, MQTT_PORT, Receiver, Request, needs_broker
 from tests.support import eventually
@@ -32,12 +33,6 @@ CAMERA, CAMERA_NAME = "front_door", "Front door"
 HMAC_KEY = "s3cret-key"
 FAST = {"poll_seconds": 0.05, "retry_base_seconds": 0.05}
 
-INSERT_CAMERA = "INSERT INTO cameras (id, name, folder_path) VALUES ($1, $2, '/srv/cameras/x')"
-INSERT_EVENT = """
-INSERT INTO events (batch_id, camera_id, started_at) VALUES (gen_random_uuid()::text, $1, $2)
-RETURNING id
-"""
-INSERT_RULE = "INSERT INTO alert_rules (name, severity) VALUES ($1, 'high') RETURNING id"
 INSERT_ALERT = """
 INSERT INTO alerts (event_id, rule_id, severity, status, channels, dedup_key, metadata)
 VALUES ($1, $2, 'high', $3, $4, $5, $6) RETURNING id
@@ -82,9 +77,9 @@ class Alerts:
 @pytest.fixture
 async def alerts(db: asyncpg.Pool) -> Alerts:
     started_at = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-    await db.execute(INSERT_CAMERA, CAMERA, CAMERA_NAME)
-    event_id = await db.fetchval(INSERT_EVENT, CAMERA, started_at)
-    rule_id = await db.fetchval(INSERT_RULE, "Night person")
+    await seed.camera(db, CAMERA, name=CAMERA_NAME)
+    event_id = await seed.event(db, CAMERA, started_at=started_at)
+    rule_id = await seed.alert_rule(db, "Night person")
     return Alerts(db, event_id, rule_id, started_at)
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from hsid.services import scene
 from hsid.services.scene import SceneMonitor, scene_context
+from tests import seed
 
 CAMERA = "gate"
 T0 = datetime(2026, 11, 26, 1, 0, tzinfo=UTC)
@@ -33,8 +34,7 @@ COVERED = np.full((3, 640, 640), 0.45, np.float32)
 
 @pytest.fixture
 async def monitor(db: asyncpg.Pool) -> SceneMonitor:
-    await db.execute("INSERT INTO cameras (id, name, folder_path) VALUES ($1, 'Gate', '/x')",
-                     CAMERA)
+    await seed.camera(db, CAMERA, name="Gate")
     return SceneMonitor(db)
 
 

@@ -1,4 +1,4 @@
-"""Rows for API tests, inserted the way the pipeline writes them."""
+"""Rows for tests, inserted the way the pipeline writes them."""
 
 from __future__ import annotations
 
