@@ -29,7 +29,7 @@ import structlog
 
 from hsid import constants, metrics
 from hsid.config import Config
-from hsid.errors import PermanentError, TransientError
+from hsid.errors import STORE_ERRORS, PermanentError, TransientError
 from hsid.pipeline.batcher import Batcher, NewDetection
 from hsid.pipeline.detector import DecodedImage, Detector, ObjectDetection, decode
 from hsid.pipeline.thumbnails import make_thumbnail, thumbnail_path, write_thumbnail
@@ -168,10 +168,10 @@ class DetectWorker:
         for detection in stored:
             metrics.DETECTIONS.labels(detection.object_type).inc()
         log.info("image_processed", file=str(task.path), detections=len(stored))
-        await self._watch_scene(task, detected_at)
         if stored:
             await self._announce(task, detected_at, stored)
             await self._batcher.add(task.camera_id, stored)
+        await self._watch_scene(task, detected_at)  # after batching: a person is never held up
 
     async def _watch_scene(self, task: ImageTask, detected_at: datetime) -> None:
         """Tamper watch, best-effort: the image's rows are committed whatever it finds."""
@@ -179,7 +179,7 @@ class DetectWorker:
             return
         try:
             await self._scene.observe(task.camera_id, task.image.tensor, detected_at)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+        except STORE_ERRORS as err:
             log.warning("scene_watch_failed", error=str(err) or type(err).__name__)
 
     async def _commit(self, task: ImageTask, detected_at: datetime) -> list[NewDetection] | None:
