@@ -18,6 +18,7 @@ from hsid.broker import connect_redis
 from hsid.config import Config, SystemdEnvironment
 from hsid.db import apply_schema, create_pool
 from hsid.embedded import start_embedded_stores
+from hsid.outage import StoreWatch
 from hsid.runtime import Runtime
 from hsid.services import dblog
 from hsid.services.health import Health, StageState
@@ -34,8 +35,11 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 async def supervise(name: str, factory: StageFactory, runtime: Runtime) -> None:
     """Run one stage; on a crash log it, mark health, and restart with backoff.
 
-    Like Frigate's watchdog it gives up (state `failed`) after RESTART_MAX_CRASHES crashes
-    within RESTART_WINDOW_SECONDS: a stage that broken needs an operator, not a loop.
+    A crash because a store is down is not a fault: the stage waits for the store (state
+    `waiting`, health 503) and starts again, with no crash counted. Like Frigate's watchdog
+    it gives up after RESTART_MAX_CRASHES real crashes within RESTART_WINDOW_SECONDS; unlike
+    it, giving up ends the daemon with a non-zero status, so that systemd restarts it rather
+    than leaving a process that runs but no longer watches.
     """
     health = runtime.health
     backoff = Backoff(constants.RESTART_BACKOFF_INITIAL_SECONDS,
@@ -48,8 +52,16 @@ async def supervise(name: str, factory: StageFactory, runtime: Runtime) -> None:
             await factory().run()
             error = "returned while the daemon was running"
         except Exception as err:
-            log.exception("stage_crashed", stage=name)
+            if runtime.stopping.is_set():
+                break
             error = f"{type(err).__name__}: {err}"
+            if runtime.stores is not None and await runtime.stores.is_outage(err):
+                health.set_stage(name, StageState.WAITING, error)
+                log.info("stage_waiting_for_store", stage=name, error=error)
+                await runtime.stores.wait_until_up()
+                await asyncio.sleep(constants.RESTART_BACKOFF_INITIAL_SECONDS)
+                continue
+            log.exception("stage_crashed", stage=name)
         if runtime.stopping.is_set():
             break
         now = time.monotonic()
@@ -61,6 +73,7 @@ async def supervise(name: str, factory: StageFactory, runtime: Runtime) -> None:
         if len(crashes) >= constants.RESTART_MAX_CRASHES:
             health.set_stage(name, StageState.FAILED, error)
             log.error("stage_given_up", stage=name, crashes=len(crashes), error=error)
+            runtime.give_up(f"stage {name} crashed {len(crashes)} times: {error}")
             return
         delay = backoff.next_delay()
         health.set_stage(name, StageState.RESTARTING, error)
@@ -97,17 +110,28 @@ async def connect_stores(runtime: Runtime, stack: AsyncExitStack) -> bool:
         stack.push_async_callback(runtime.redis.aclose)
 
     both = asyncio.ensure_future(asyncio.gather(database(), broker()))
-    return await _until_stopping(runtime, both)
+    if not await _until_stopping(runtime, both):
+        return False
+    runtime.stores = StoreWatch(runtime.require_pool(), runtime.require_redis())
+    return True
 
 
 async def run_stages(runtime: Runtime, selected: Stages) -> None:
-    """All selected stages in one TaskGroup until SIGTERM; then a bounded drain."""
+    """All selected stages in one TaskGroup until SIGTERM, or until one is given up; then a
+    bounded drain (after giving up, none: the other stages are cancelled at once)."""
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(supervise(n, f, runtime), name=n) for n, f in selected]
-        await runtime.stopping.wait()
+        stop = asyncio.ensure_future(runtime.stopping.wait())
+        failed = asyncio.ensure_future(runtime.given_up.wait())
+        await asyncio.wait({stop, failed}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        failed.cancel()
         if not tasks:
             return
-        _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_SECONDS)
+        if runtime.given_up.is_set():
+            pending = set(tasks)
+        else:
+            _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_SECONDS)
         for task in pending:
             task.cancel()
         log.info("stages_drained", finished=len(tasks) - len(pending), cancelled=len(pending))
@@ -167,5 +191,8 @@ async def run_daemon(
             await run_stages(runtime, selected)
         notifier.notify("STOPPING=1")
         log.info("hsid_stopping")
+    if runtime.failure is not None:
+        log.error("hsid_gave_up", reason=runtime.failure)
+        return 1
     log.info("hsid_stopped")
     return 0

@@ -20,3 +20,14 @@ async def connect_redis(config: RedisConfig, url: str | None = None) -> aioredis
         raise Unavailable(f"Redis unreachable: {err}") from err
     return client
 
+
+
+async def state_lost(client: aioredis.Redis, marker: str) -> bool:
+    """True when Redis has lost its data since `marker` was last set (it restarted empty,
+    was flushed, or this is its first use); sets the marker again in the same step.
+
+    Redis here keeps nothing on disk, so a restart empties the queues, the batches and the
+    dedupe claims: whoever sees True rebuilds what it owns from PostgreSQL and the camera
+    folders. SET NX: of several processes checking one marker, exactly one sees True.
+    """
+    return bool(await client.set(marker, "1", nx=True))

@@ -67,6 +67,10 @@ class DatabaseConfig:
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
     url: str = ""  # empty: embedded redis-server under state_dir
+    # Put before every key and pub/sub channel; channels ignore the database number, so
+    # installs sharing one Redis need different prefixes. Empty: the reference's names.
+    prefix: str = _pattern(r"[A-Za-z0-9_.:/-]{0,64}",
+                           "up to 64 letters, digits or _ . : / - (e.g. 'garage:')", default="")
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,14 @@ BATCH_DETECTIONS = "batch:{batch_id}:detections"
 BATCH_STARTED_AT = "batch:{batch_id}:started_at"
 BATCH_LAST_ACTIVITY = "batch:{batch_id}:last_activity"
 
+# --- Poison jobs -----------------------------------------------------------------------------
+# A queue item that was in flight this many times when the daemon died is taken to be what
+# killed it (a poison image or batch) and is not processed that way again: detection sends
+# it to the DLQ, analysis scores it by the rules. Two, not one: a single death is as likely a
+# power cut or an OOM kill that had nothing to do with the item. The workers' messages say
+# "twice": keep them in step.
+POISON_CRASH_COUNT = 2
+
 # --- Pub/sub channels -------------------------------------------------------------------------
 SECURITY_EVENTS_CHANNEL = "security_events"
 SYSTEM_STATUS_CHANNEL = "system_status"
@@ -27,6 +35,12 @@ SYSTEM_STATUS_CHANNEL = "system_status"
 # --- Singleton duties: one process in a scaled-out install holds each lock -------------------
 LOCK_PREFIX = "lock:"  # lock:<duty> -> owner id, short TTL renewed while held
 LOCK_TTL_SECONDS = 15
+
+# --- Reconciliation: Redis keeps nothing on disk, so a restart empties it -------------------
+# reconciled:<duty> is set (no TTL) by whoever rebuilt that duty's Redis state; finding it
+# gone means Redis lost its data, and the duty's state is rebuilt again (broker.state_lost).
+RECONCILED_PREFIX = "reconciled:"
+RECONCILE_CHECK_SECONDS = 5.0  # how soon after Redis comes back empty the rebuild starts
 
 # --- Supervision ------------------------------------------------------------------------------
 RESTART_BACKOFF_INITIAL_SECONDS = 1.0

@@ -11,6 +11,7 @@ from hsid.broker import connect_redis
 from hsid.config import Config
 from hsid.constants import QUEUE_NAMES
 from hsid.errors import InvalidInput
+from hsid.keyspace import Keyspace
 from hsid.queues import dlq_clear, dlq_counts, dlq_items, dlq_requeue
 
 DLQ_ACTIONS = ("list", "requeue", "clear")
@@ -37,28 +38,30 @@ async def dlq_command(
         raise InvalidInput("an index needs `requeue` and a queue", field="index")
     if action == "clear" and queue is None:
         raise InvalidInput("clear needs a queue name", field="queue")
+    keyspace = Keyspace.from_config(config.redis)
     redis = await connect_redis(config.redis)
     try:
         if action == "list":
-            await _list(redis, queue, out)
+            await _list(redis, keyspace, queue, out)
         elif action == "requeue":
             for name in (queue,) if queue is not None else QUEUE_NAMES:
-                count = await dlq_requeue(redis, name, index)
+                count = await dlq_requeue(redis, keyspace, name, index)
                 print(f"requeued {count} item(s) from dlq:{name} to {name}", file=out)
         else:
-            print(f"cleared {await dlq_clear(redis, queue)} item(s) from dlq:{queue}", file=out)
+            cleared = await dlq_clear(redis, keyspace, queue)
+            print(f"cleared {cleared} item(s) from dlq:{queue}", file=out)
     finally:
         await redis.aclose()
     return 0
 
 
-async def _list(redis: Redis, queue: str | None, out: TextIO) -> None:
-    for name, count in (await dlq_counts(redis)).items():
+async def _list(redis: Redis, keyspace: Keyspace, queue: str | None, out: TextIO) -> None:
+    for name, count in (await dlq_counts(redis, keyspace)).items():
         print(f"{name} {count}", file=out)
     if queue is None:
         return
     start = 0
-    while page := await dlq_items(redis, queue, start, LIST_PAGE_SIZE):
+    while page := await dlq_items(redis, keyspace, queue, start, LIST_PAGE_SIZE):
         for entry in page:
             print(json.dumps(entry, ensure_ascii=False), file=out)
         start += len(page)

@@ -33,6 +33,9 @@ LLM_FALLBACKS = Counter(
 ALERT_DELIVERIES = Counter(
     "hsid_alert_deliveries", "Alert channel delivery attempts by outcome (delivered, retrying, "
     "failed)", ["channel", "outcome"], registry=REGISTRY)
+THUMBNAILS_NOT_WRITTEN = Counter(
+    "hsid_thumbnails_not_written", "Detections stored without a thumbnail because the state "
+    "dir was full (the rows are kept, thumbnail_path NULL)", registry=REGISTRY)
 DB_LOG_DROPPED = Counter(
     "hsid_db_log_records_dropped", "Log records not written to the logs table", registry=REGISTRY)
 

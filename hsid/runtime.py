@@ -13,9 +13,11 @@ import redis.asyncio as aioredis
 
 from hsid.config import Config
 from hsid.errors import Unavailable
+from hsid.keyspace import Keyspace
 from hsid.services.health import Health
 
 if TYPE_CHECKING:
+    from hsid.outage import StoreWatch
     from hsid.pipeline.detector import Detector
 
 
@@ -35,6 +37,20 @@ class Runtime:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.time)
     detector: Detector | None = None  # loaded by the detect stage; read by GPU monitor and stats
+    stores: StoreWatch | None = None  # set with pool and redis: tells outages from faults
+    # Set by supervision when a stage is beyond repair; never by a stage itself, so only
+    # SIGTERM/SIGINT mean "stop cleanly" and giving up always exits non-zero.
+    given_up: asyncio.Event = field(default_factory=asyncio.Event)
+    failure: str | None = None
+    keyspace: Keyspace = field(init=False)  # this install's Redis names, from config.redis
+
+    def __post_init__(self) -> None:
+        self.keyspace = Keyspace.from_config(self.config.redis)
+
+    def give_up(self, reason: str) -> None:
+        """Make the daemon exit non-zero (so systemd restarts it); the first reason wins."""
+        self.failure = self.failure or reason
+        self.given_up.set()
 
     def require_pool(self) -> asyncpg.Pool:
         if self.pool is None:

@@ -48,7 +48,8 @@ async def build_stages(runtime: Runtime) -> Stages:
 
 def _queue(runtime: Runtime, name: str, stage: str) -> ReliableQueue:
     return ReliableQueue(runtime.require_redis(), name, worker_id(stage),
-                         runtime.config.queues, runtime.health)
+                         runtime.config.queues, runtime.health, keyspace=runtime.keyspace,
+                         stores=runtime.stores)
 
 
 async def _watch(runtime: Runtime) -> Stages:
@@ -57,7 +58,8 @@ async def _watch(runtime: Runtime) -> Stages:
     config, pool, redis = runtime.config, runtime.require_pool(), runtime.require_redis()
     queue = _queue(runtime, constants.DETECTION_QUEUE, "watch")
     return [("watcher", lambda: Watcher(config.paths, config.watcher, config.dedupe, pool,
-                                        redis, queue, runtime.stopping))]
+                                        redis, queue, runtime.stopping,
+                                        keyspace=runtime.keyspace))]
 
 
 async def _detect(runtime: Runtime) -> Stages:
@@ -76,12 +78,14 @@ async def _detect(runtime: Runtime) -> Stages:
     runtime.health.info["detector"] = {"provider": detector.provider,
                                        "model": config.detector.model,
                                        "interface": detector.interface}
-    batcher = Batcher(config.batch, redis)
+    batcher = Batcher(config.batch, redis, runtime.keyspace)
     queue = _queue(runtime, constants.DETECTION_QUEUE, "detect")
     return [
         ("detector", lambda: DetectWorker(config, pool, redis, queue, detector, batcher,
-                                          runtime.stopping)),
-        ("batch_sweeper", lambda: BatchSweeper(batcher, config.batch, runtime.stopping)),
+                                          runtime.stopping, keyspace=runtime.keyspace)),
+        ("batch_sweeper", lambda: BatchSweeper(
+            batcher, config.batch, runtime.stopping, pool=pool, redis=redis,
+            keyspace=runtime.keyspace, lookback_hours=config.watcher.startup_lookback_hours)),
     ]
 
 
@@ -101,7 +105,7 @@ async def _analyze(runtime: Runtime) -> Stages:
     }
     queue = _queue(runtime, constants.ANALYSIS_QUEUE, "analyze")
     return [("analyzer", lambda: AnalyzeWorker(config, pool, redis, queue, scorer,
-                                               runtime.stopping))]
+                                               runtime.stopping, keyspace=runtime.keyspace))]
 
 
 async def _services(runtime: Runtime) -> Stages:
@@ -112,6 +116,7 @@ async def _services(runtime: Runtime) -> Stages:
     from hsid.services.status import StatusPublisher
 
     config, pool, redis = runtime.config, runtime.require_pool(), runtime.require_redis()
+    keyspace = runtime.keyspace
 
     def inference_fps() -> float | None:
         return runtime.detector.inference_fps if runtime.detector is not None else None
@@ -121,8 +126,9 @@ async def _services(runtime: Runtime) -> Stages:
                                            runtime.stopping)),
         ("status_publisher", lambda: StatusPublisher(runtime)),
         ("cleanup", lambda: CleanupService(config.retention, config.paths, pool, redis,
-                                           runtime.stopping)),
-        ("notifier", lambda: Notifier(config.alerts, pool, redis, runtime.stopping)),
+                                           runtime.stopping, keyspace=keyspace)),
+        ("notifier", lambda: Notifier(config.alerts, pool, redis, runtime.stopping,
+                                      keyspace=keyspace)),
     ] + ([("baselines", lambda: BaselineService(config.baselines, pool, redis,
-                                                runtime.stopping))]
+                                                runtime.stopping, keyspace=keyspace))]
          if config.baselines.enabled else [])

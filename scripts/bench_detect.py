@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import poll_until, realistic_detector, scene_jpeg, throwaway_stores
 
 from hsid.config import Config
+from hsid.keyspace import Keyspace
 from hsid.logging import configure_logging
 from hsid.models.tiny_detector import write_tiny_detector
 from hsid.pipeline.batcher import Batcher
@@ -66,17 +67,19 @@ async def worker_rate(config: Config, detector: Detector, images: list[Path]) ->
     async with throwaway_stores() as (_, _, pool, redis):
         await pool.execute("INSERT INTO cameras (id, name, folder_path) VALUES ($1, $1, $2)",
                            CAMERA, str(images[0].parent))
-        queue = ReliableQueue(redis, "detection_queue", "bench", config.queues)
+        keyspace = Keyspace.from_config(config.redis)
+        queue = ReliableQueue(redis, "detection_queue", "bench", config.queues,
+                              keyspace=keyspace)
         for path in [images[0], *images]:  # the first is the warm-up, timed apart
             await queue.push({"camera_id": CAMERA, "file_path": str(path),
                               "timestamp": "2026-01-01T00:00:00.000000"})
         stopping = asyncio.Event()
         worker = DetectWorker(config, pool, redis, queue, detector,
-                              Batcher(config.batch, redis), stopping)
+                              Batcher(config.batch, redis, keyspace), stopping, keyspace=keyspace)
         task = asyncio.create_task(worker.run())
-        await poll_until(lambda: _llen_at_most(redis, "detection_queue", len(images) - 1))
+        await poll_until(lambda: _llen_at_most(redis, queue.key, len(images) - 1))
         started = time.perf_counter()
-        await poll_until(lambda: _all_done(redis, queue.processing_key), interval=0.05)
+        await poll_until(lambda: _all_done(redis, queue), interval=0.05)
         elapsed = time.perf_counter() - started
         stopping.set()
         await task
@@ -88,8 +91,8 @@ async def _llen_at_most(redis: aioredis.Redis, key: str, limit: int) -> bool:
     return int(await redis.llen(key)) <= limit
 
 
-async def _all_done(redis: aioredis.Redis, processing_key: str) -> bool:
-    return not (await redis.llen("detection_queue") or await redis.llen(processing_key))
+async def _all_done(redis: aioredis.Redis, queue: ReliableQueue) -> bool:
+    return not (await redis.llen(queue.key) or await redis.llen(queue.processing_key))
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 
 The servers are the ones running on the machine (127.0.0.1:5432 trust auth, 127.0.0.1:6379);
 HSID_TEST_PG_URL and HSID_TEST_REDIS_URL point elsewhere. Each run creates its own database,
-drops it at the end, and claims a free Redis database number, so parallel runs never meet.
+drops it at the end, claims a free Redis database number, and puts its own redis.prefix before
+every key and channel (channels ignore the database number), so parallel runs never meet.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import redis.asyncio as aioredis
 from hsid.config import Config, load_config
 from hsid.db import apply_schema, create_pool
 from hsid.embedded import EmbeddedPostgres, EmbeddedRedis, server_pids
+from hsid.keyspace import Keyspace
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,6 +102,19 @@ def redis_url() -> Iterator[str]:
     redis_sync.Redis.from_url(url).flushdb()
     if admin.get(f"{REDIS_CLAIM_PREFIX}{number}") == token.encode():
         admin.delete(f"{REDIS_CLAIM_PREFIX}{number}")
+
+
+@pytest.fixture(scope="session")
+def redis_prefix() -> str:
+    """This run's redis.prefix: pub/sub channels are shared by every database number, so
+    without it a daemon or another run on the same Redis would receive this run's events."""
+    return f"hsid-test-{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+def keyspace(redis_prefix: str) -> Keyspace:
+    """The run's Redis names, for tests that build queues, keys or channels themselves."""
+    return Keyspace(redis_prefix)
 
 
 TABLES = (
@@ -185,13 +200,15 @@ def state_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def config(database_url: str, redis_url: str, camera_root: Path, state_dir: Path) -> Config:
+def config(database_url: str, redis_url: str, redis_prefix: str, camera_root: Path,
+           state_dir: Path) -> Config:
     """A configuration on the test stores and folders, read the way the daemon reads it."""
     return load_config(
         None,
         {
             "DATABASE_URL": database_url,
             "REDIS_URL": redis_url,
+            "HSID_REDIS__PREFIX": redis_prefix,
             "HSID_PATHS__CAMERA_ROOT": str(camera_root),
             "HSID_PATHS__STATE_DIR": str(state_dir),
             "HSID_API__PORT": str(free_port()),

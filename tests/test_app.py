@@ -8,7 +8,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from hsid import constants
-from hsid.app import supervise
+from hsid.app import run_stages, supervise
 from hsid.config import Config
 from hsid.runtime import Runtime
 from hsid.services.health import StageState
@@ -70,3 +70,20 @@ async def test_stage_that_keeps_crashing_is_given_up_and_health_says_so(
     assert runtime.health.stages["broken"].state is StageState.FAILED
     assert not runtime.health.stages_ok()
     assert any(e["event"] == "stage_given_up" and e["log_level"] == "error" for e in logs)
+    # Giving up is the daemon's decision to exit non-zero, never a clean stop.
+    assert runtime.given_up.is_set() and not runtime.stopping.is_set()
+    assert runtime.failure == "stage broken crashed 4 times: RuntimeError: crash 4"
+
+
+async def test_a_stage_given_up_ends_the_others_and_the_daemon_fails(
+    fast_restarts: None,
+) -> None:
+    runtime = Runtime(config=Config(), stages=frozenset())
+    healthy: list[float] = []
+    selected = [("broken", lambda: FlakyStage(runtime, 99, [])),
+                ("healthy", lambda: FlakyStage(runtime, 0, healthy))]
+
+    await asyncio.wait_for(run_stages(runtime, selected), 10)
+
+    assert len(healthy) == 1  # it was running, and was cancelled, not restarted
+    assert runtime.failure is not None and not runtime.stopping.is_set()

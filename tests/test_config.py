@@ -71,6 +71,19 @@ def test_reference_environment_names_are_honoured() -> None:
     assert shown["api"]["api_keys"] == ["***", "***"]
 
 
+def test_redis_prefix_is_read_from_toml_and_environment(tmp_path: Path) -> None:
+    assert load_config(None, environ={}).redis.prefix == ""  # the reference's key names
+    path = tmp_path / "hsid.toml"
+    path.write_text('[redis]\nurl = "redis://cache:6379/2"\nprefix = "garage:"\n')
+    assert load_config(path, environ={}).redis.prefix == "garage:"
+    config = load_config(path, environ={"HSID_REDIS__PREFIX": "site-b/hsid:"})
+    assert (config.redis.url, config.redis.prefix) == ("redis://cache:6379/2", "site-b/hsid:")
+    assert redacted(config)["redis"]["prefix"] == "site-b/hsid:"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, environ={"HSID_REDIS__PREFIX": "two words"})
+    assert "redis.prefix = 'two words'" in str(info.value)
+
+
 def test_prefixed_name_wins_over_reference_name() -> None:
     config = load_config(None, environ={"RETENTION_DAYS": "14", "HSID_RETENTION__DAYS": "9"})
     assert config.retention.days == 9

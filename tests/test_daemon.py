@@ -34,11 +34,12 @@ def received(sock: socket.socket) -> set[str]:
             return messages
 
 
-def daemon_env(fresh_database_url: str, redis_url: str, camera_root: Path, state_dir: Path,
-               port: int, **extra: str) -> dict[str, str]:
+def daemon_env(fresh_database_url: str, redis_url: str, redis_prefix: str, camera_root: Path,
+               state_dir: Path, port: int, **extra: str) -> dict[str, str]:
     return {
         "DATABASE_URL": fresh_database_url,
         "REDIS_URL": redis_url,
+        "HSID_REDIS__PREFIX": redis_prefix,
         "HSID_PATHS__CAMERA_ROOT": str(camera_root),
         "HSID_PATHS__STATE_DIR": str(state_dir),
         "HSID_API__PORT": str(port),
@@ -47,11 +48,11 @@ def daemon_env(fresh_database_url: str, redis_url: str, camera_root: Path, state
 
 
 def test_daemon_notifies_systemd_serves_health_and_stops_on_sigterm(
-    tmp_path: Path, fresh_database_url: str, redis_url: str, camera_root: Path,
-    state_dir: Path, notify_socket: socket.socket,
+    tmp_path: Path, fresh_database_url: str, redis_url: str, redis_prefix: str,
+    camera_root: Path, state_dir: Path, notify_socket: socket.socket,
 ) -> None:
     port = free_port()
-    env = daemon_env(fresh_database_url, redis_url, camera_root, state_dir, port,
+    env = daemon_env(fresh_database_url, redis_url, redis_prefix, camera_root, state_dir, port,
                      NOTIFY_SOCKET=notify_socket.getsockname(), WATCHDOG_USEC="400000")
     daemon = Daemon(env, ["run", "--stages", "api"], tmp_path / "daemon.log")
     try:
@@ -75,11 +76,12 @@ def test_daemon_notifies_systemd_serves_health_and_stops_on_sigterm(
      ("database", {"DATABASE_URL": UNREACHABLE_DATABASE})],
 )
 def test_daemon_keeps_retrying_and_health_names_the_store_that_is_down(
-    tmp_path: Path, fresh_database_url: str, redis_url: str, camera_root: Path,
-    state_dir: Path, down: str, override: dict[str, str],
+    tmp_path: Path, fresh_database_url: str, redis_url: str, redis_prefix: str,
+    camera_root: Path, state_dir: Path, down: str, override: dict[str, str],
 ) -> None:
     port = free_port()
-    env = {**daemon_env(fresh_database_url, redis_url, camera_root, state_dir, port), **override}
+    env = {**daemon_env(fresh_database_url, redis_url, redis_prefix, camera_root, state_dir,
+                        port), **override}
     daemon = Daemon(env, ["run", "--stages", "api"], tmp_path / "daemon.log")
     try:
         up = "database" if down == "redis" else "redis"
@@ -97,12 +99,12 @@ def test_daemon_keeps_retrying_and_health_names_the_store_that_is_down(
 
 
 def test_under_journal_lines_carry_syslog_priority_and_no_timestamp(
-    tmp_path: Path, fresh_database_url: str, redis_url: str, camera_root: Path,
-    state_dir: Path,
+    tmp_path: Path, fresh_database_url: str, redis_url: str, redis_prefix: str,
+    camera_root: Path, state_dir: Path,
 ) -> None:
     port = free_port()
-    env = daemon_env(fresh_database_url, UNREACHABLE_REDIS, camera_root, state_dir, port,
-                     JOURNAL_STREAM="8:12345")
+    env = daemon_env(fresh_database_url, UNREACHABLE_REDIS, redis_prefix, camera_root,
+                     state_dir, port, JOURNAL_STREAM="8:12345")
     daemon = Daemon(env, ["run", "--stages", "api"], tmp_path / "daemon.log")
     try:
         wait_for(lambda: "store_unavailable" in daemon.output(), timeout=20)

@@ -71,8 +71,9 @@ async def webhook_receiver(received: asyncio.Queue[dict]) -> TestServer:
 
 @pytest.mark.parametrize("llm", [False, True], ids=["rules", "tiny-llm"])
 async def test_uploaded_images_become_events_on_the_websocket_and_in_the_database(
-    tmp_path: Path, fresh_database_url: str, redis_url: str, redis: aioredis.Redis,
-    camera_root: Path, state_dir: Path, test_models: dict[str, Path], llm: bool,
+    tmp_path: Path, fresh_database_url: str, redis_url: str, redis_prefix: str,
+    redis: aioredis.Redis, camera_root: Path, state_dir: Path, test_models: dict[str, Path],
+    llm: bool,
 ) -> None:
     # `redis` (flushed) keeps the other case's dedupe keys from hiding these images.
     port = free_port()
@@ -82,6 +83,7 @@ async def test_uploaded_images_become_events_on_the_websocket_and_in_the_databas
     receiver = await webhook_receiver(hooks)
     env = {
         "DATABASE_URL": fresh_database_url, "REDIS_URL": redis_url,
+        "HSID_REDIS__PREFIX": redis_prefix,
         "HSID_PATHS__CAMERA_ROOT": str(camera_root), "HSID_PATHS__STATE_DIR": str(state_dir),
         "HSID_API__PORT": str(port),
         "HSID_DETECTOR__MODEL": str(test_models["detector"]),

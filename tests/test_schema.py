@@ -114,6 +114,7 @@ EVENTS = Table(
         "idx_events_batch_id": "(batch_id)",
         "uq_events_batch_id": "UNIQUE (batch_id)",
         "idx_events_camera_started": "(camera_id, started_at DESC)",
+        "idx_events_camera_ended": "(camera_id, ended_at)",
         "idx_events_risk_level": "(risk_level, started_at DESC)",
         "idx_events_unreviewed": "(camera_id, risk_score) WHERE (NOT reviewed)",
     },

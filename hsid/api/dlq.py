@@ -26,15 +26,16 @@ api = ApiRoutes("dead-letter queues")
 
 @api.get("/api/dlq", "Entries in each dead-letter queue", response=COUNTS)
 async def get_dlq_counts(call: Call) -> dict:
-    return await queues.dlq_counts(call.redis)
+    return await queues.dlq_counts(call.redis, call.runtime.keyspace)
 
 
 @api.get("/api/dlq/{queue}", "A dead-letter queue's entries, oldest failure first",
          path_params=QUEUE_PATH, query=paged({}), response=page_of(ENTRY))
 async def list_dlq(call: Call) -> dict:
     queue, limit, offset = call.path["queue"], call.query["limit"], call.query["offset"]
-    items = await queues.dlq_items(call.redis, queue, offset, limit)
-    total = (await queues.dlq_counts(call.redis))[queue]
+    keyspace = call.runtime.keyspace
+    items = await queues.dlq_items(call.redis, keyspace, queue, offset, limit)
+    total = (await queues.dlq_counts(call.redis, keyspace))[queue]
     return {"items": items, "count": total, "limit": limit, "offset": offset}
 
 
@@ -54,7 +55,8 @@ async def requeue_dlq(call: Call) -> dict:
         raise InvalidInput("give index or all, not both", field="all")
     if index is None and everything is False:
         raise InvalidInput("all: false needs an index", field="index")
-    requeued = await queues.dlq_requeue(call.redis, call.path["queue"], index)
+    requeued = await queues.dlq_requeue(call.redis, call.runtime.keyspace, call.path["queue"],
+                                        index)
     call.audit(index=index, requeued=requeued)
     return {"requeued": requeued}
 
@@ -63,6 +65,6 @@ async def requeue_dlq(call: Call) -> dict:
             path_params=QUEUE_PATH, response=Shape({"cleared": out("integer")}),
             audit=Audit("dlq_cleared", "dlq", "queue"))
 async def clear_dlq(call: Call) -> dict:
-    cleared = await queues.dlq_clear(call.redis, call.path["queue"])
+    cleared = await queues.dlq_clear(call.redis, call.runtime.keyspace, call.path["queue"])
     call.audit(cleared=cleared)
     return {"cleared": cleared}

@@ -74,7 +74,8 @@ async def _count_request(call: Call) -> None:
     minute; a fixed window is enough to stop a looping frontend from flooding the table."""
     now = time.time()
     minute = int(now // 60)
-    key = RATE_KEY.format(client=call.request.remote or "unknown", minute=minute)
+    key = call.runtime.keyspace.key(
+        RATE_KEY.format(client=call.request.remote or "unknown", minute=minute))
     async with call.redis.pipeline(transaction=True) as pipe:
         pipe.incr(key)
         pipe.expire(key, RATE_KEY_TTL_SECONDS)

@@ -55,7 +55,7 @@ async def get_stats(call: Call) -> dict:
     runtime = call.runtime
     counts = await row_counts(call.pool, COUNTED_TABLES)
     counts["unreviewed_events"] = await call.pool.fetchval(COUNT_UNREVIEWED)
-    depths, dead = await queue_figures(runtime.redis)
+    depths, dead = await queue_figures(runtime.redis, runtime.keyspace)
     return {
         "counts": counts,
         "queues": depths,

@@ -61,7 +61,8 @@ class Client:
 
 
 class Relay:
-    """Relays every message published on one Redis channel to every connected client.
+    """Relays every message published on one Redis channel (its full name, prefix and all)
+    to every connected client.
 
     The subscription starts with the first client and then lives with the app; when Redis
     drops it, it reconnects with backoff. Fan-out never awaits a client: a full queue gets
@@ -170,8 +171,9 @@ async def ws_system(call: Call) -> web.WebSocketResponse:
 
 
 def relays(runtime: Runtime) -> dict[str, Relay]:
-    """The app's relays; their subscriptions start with their first client."""
-    return {channel: Relay(runtime, channel)
+    """The app's relays by logical channel name, each subscribed to the channel under this
+    install's prefix; their subscriptions start with their first client."""
+    return {channel: Relay(runtime, runtime.keyspace.channel(channel))
             for channel in (SECURITY_EVENTS_CHANNEL, SYSTEM_STATUS_CHANNEL)}
 
 

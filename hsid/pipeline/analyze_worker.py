@@ -2,8 +2,13 @@
 alert (one transaction) -> publish.
 
 A batch id yields one event (a unique index on events.batch_id), so a job processed twice
-stores nothing new. The assessment of a batch is kept across retries of its database
-write, so a flaky database never costs a second LLM generation.
+stores nothing new. A detection belongs to one event only: those of a batch that another
+event already holds (batched again after a crash or a Redis restart, see orphans.py) are
+dropped before the assessment, and checked again under a per-camera lock when the event is
+inserted, so two analyzers never both take one. The assessment of a batch is kept across
+retries of its database write, so a flaky database never costs a second LLM generation.
+A batch that was being analysed when the daemon died POISON_CRASH_COUNT times is scored by
+the rules: the LLM is the likeliest cause, and a third death would only repeat it.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ import structlog
 from hsid import constants, metrics
 from hsid.config import Config
 from hsid.errors import PermanentError, TransientError
+from hsid.keyspace import Keyspace
 from hsid.pipeline.analyzer import RiskScorer
 from hsid.pipeline.assessment import BatchContext, DetectionContext, RiskAssessment
 from hsid.pipeline.batcher import is_fast_path
 from hsid.pipeline.detector import image_header
+from hsid.pipeline.orphans import covered_ids
 from hsid.pipeline.prompts import active_settings
+from hsid.pipeline.rules import fallback_assessment
 from hsid.queues import Job, ReliableQueue, consume
 from hsid.services.alerts import DetectionFacts, EventFacts, raise_alert
 from hsid.services.baselines import baseline_context
@@ -37,8 +45,13 @@ log = structlog.get_logger(__name__)
 
 # Enough of a file to hold a JPEG's or PNG's dimensions header.
 HEADER_BYTES = 64 * 1024
+# The rules' reason for a batch that kept killing the daemon (POISON_CRASH_COUNT deaths).
+POISON_REASON = "the LLM analysis crashed the daemon twice on this batch"
 
 SELECT_EVENT_ID = "SELECT id FROM events WHERE batch_id = $1"
+# Held while an event of the camera is checked and inserted: two analyzers take turns, so
+# "no other event holds these detections" stays true until the insert commits.
+LOCK_CAMERA_EVENTS = "SELECT pg_advisory_xact_lock(hashtext('hsid.events'), hashtext($1))"
 SELECT_DETECTIONS = """
 SELECT id, file_path, detected_at, object_type, confidence,
        bbox_x, bbox_y, bbox_width, bbox_height
@@ -128,14 +141,17 @@ class AnalyzeWorker:
     """Stage: consumes analysis_queue until `stopping` is set."""
 
     def __init__(self, config: Config, pool: asyncpg.Pool, redis: aioredis.Redis,
-                 queue: ReliableQueue, scorer: RiskScorer, stopping: asyncio.Event) -> None:
+                 queue: ReliableQueue, scorer: RiskScorer, stopping: asyncio.Event, *,
+                 keyspace: Keyspace) -> None:
         self._config = config
+        self._events_channel = keyspace.channel(constants.SECURITY_EVENTS_CHANNEL)
         self._pool = pool
         self._redis = redis
         self._queue = queue
         self._scorer = scorer
         self._stopping = stopping
-        self._assessed: dict[str, RiskAssessment] = {}
+        # batch id -> (the detection ids assessed, their assessment), kept across retries
+        self._assessed: dict[str, tuple[tuple[int, ...], RiskAssessment]] = {}
 
     async def run(self) -> None:
         await consume(self._queue, self._handle, self._config.queues, self._stopping)
@@ -150,15 +166,38 @@ class AnalyzeWorker:
                 rows = await self._pool.fetch(SELECT_DETECTIONS, ids, camera_id)
                 if not rows:
                     raise PermanentError(f"none of detections {ids} exist any more")
-                context = await batch_context(self._pool, self._config, camera_id, rows)
-                assessment = self._assessed.get(batch_id) or await self._assess(context)
-                self._assessed[batch_id] = assessment
-                await self._store(batch_id, camera_id, rows, context, assessment)
+                rows = await _uncovered(self._pool, batch_id, camera_id, rows)
+                while rows:
+                    context = await batch_context(self._pool, self._config, camera_id, rows)
+                    assessment = await self._assessment(batch_id, rows, context,
+                                                        job.crash_count)
+                    taken = await self._store(batch_id, camera_id, rows, context, assessment)
+                    if not taken:
+                        break
+                    # Another analyzer's event took some meanwhile: assess what is left.
+                    rows = [row for row in rows if row["id"] not in taken]
+                if not rows:
+                    log.info("batch_already_covered", detection_ids=ids)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
                 raise TransientError(f"database: {err}") from err
             self._assessed.pop(batch_id, None)
 
-    async def _assess(self, context: BatchContext) -> RiskAssessment:
+    async def _assessment(self, batch_id: str, rows: list[asyncpg.Record],
+                          context: BatchContext, crash_count: int) -> RiskAssessment:
+        """The assessment of these rows, reused when a retry brings the same ones."""
+        ids = tuple(row["id"] for row in rows)
+        kept = self._assessed.get(batch_id)
+        if kept is not None and kept[0] == ids:
+            return kept[1]
+        assessment = await self._assess(context, crash_count)
+        self._assessed[batch_id] = (ids, assessment)
+        return assessment
+
+    async def _assess(self, context: BatchContext, crash_count: int) -> RiskAssessment:
+        if crash_count >= constants.POISON_CRASH_COUNT:
+            log.warning("analysis_poison_fallback", crash_count=crash_count)
+            metrics.LLM_FALLBACKS.labels("crashed_daemon").inc()
+            return fallback_assessment(context, POISON_REASON, self._config.analyzer)
         started = time.perf_counter()
         assessment = await self._scorer.assess(context, await active_settings(self._pool))
         metrics.STAGE_LATENCY.labels("llm").observe(time.perf_counter() - started)
@@ -167,13 +206,22 @@ class AnalyzeWorker:
         return assessment
 
     async def _store(self, batch_id: str, camera_id: str, rows: list[asyncpg.Record],
-                     context: BatchContext, assessment: RiskAssessment) -> None:
+                     context: BatchContext, assessment: RiskAssessment) -> set[int]:
+        """Insert the event and its alert, then publish them. Returns the detections that,
+        checked under the camera's lock, another event holds by now (nothing is stored
+        then); an empty set once the event is stored, or was already."""
         fast = len(rows) == 1 and is_fast_path(
             self._config.batch, rows[0]["object_type"] or "", rows[0]["confidence"] or 0.0)
         started_at, ended_at = rows[0]["detected_at"], rows[-1]["detected_at"]
         alert = None
         with metrics.STAGE_LATENCY.labels("database").time():
             async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(LOCK_CAMERA_EVENTS, camera_id)
+                taken = await covered_ids(conn, camera_id, [row["id"] for row in rows],
+                                          started_at, ended_at, except_batch=batch_id)
+                if taken:
+                    log.info("detections_taken_meanwhile", detection_ids=sorted(taken))
+                    return taken
                 event_id = await conn.fetchval(
                     INSERT_EVENT, batch_id, camera_id, started_at, ended_at,
                     assessment.risk_score, assessment.risk_level, assessment.summary,
@@ -188,7 +236,7 @@ class AnalyzeWorker:
                                     for d in context.detections]))
         if event_id is None:
             log.info("event_already_stored")
-            return
+            return set()
         metrics.EVENTS.labels(assessment.risk_level).inc()
         if (age := await asyncio.to_thread(upload_age_seconds, rows[0]["file_path"])) is not None:
             metrics.STAGE_LATENCY.labels("upload_to_event").observe(age)
@@ -196,8 +244,9 @@ class AnalyzeWorker:
                  risk_level=assessment.risk_level, fast_path=fast, llm=assessment.used_llm)
         await self._publish(event_id, batch_id, camera_id, started_at, assessment)
         if alert is not None:  # after the event, so clients know the event it refers to
-            await self._redis.publish(constants.SECURITY_EVENTS_CHANNEL,
+            await self._redis.publish(self._events_channel,
                                       json.dumps({"type": "alert", "data": alert}))
+        return set()
 
     async def _raise_alert(self, conn: asyncpg.Connection,
                            event: EventFacts) -> dict[str, Any] | None:
@@ -220,7 +269,18 @@ class AnalyzeWorker:
             "summary": assessment.summary,
             "started_at": started_at.astimezone(UTC).isoformat(),
         }}
-        await self._redis.publish(constants.SECURITY_EVENTS_CHANNEL, json.dumps(message))
+        await self._redis.publish(self._events_channel, json.dumps(message))
+
+
+async def _uncovered(pool: asyncpg.Pool, batch_id: str, camera_id: str,
+                     rows: list[asyncpg.Record]) -> list[asyncpg.Record]:
+    """`rows` (in time order) less the detections another event already holds."""
+    covered = await covered_ids(pool, camera_id, [row["id"] for row in rows],
+                                rows[0]["detected_at"], rows[-1]["detected_at"],
+                                except_batch=batch_id)
+    if covered:
+        log.info("detections_already_covered", detection_ids=sorted(covered))
+    return [row for row in rows if row["id"] not in covered]
 
 
 def _reason_label(reason: str | None) -> str:

@@ -167,6 +167,15 @@ class LlmAnalyzer:
         self._llm: llama_cpp.Llama | None = None
         self._chat: Jinja2ChatFormatter | None = None
         self._lock = threading.Lock()
+        self._interrupted = threading.Event()
+
+    def interrupt(self) -> None:
+        """End the generation in progress at its next token (it then raises AnalysisTimeout).
+
+        For shutdown: a thread cannot be cancelled, and a generation left running would
+        hold the process past systemd's TimeoutStopSec. Thread-safe; harmless when idle.
+        """
+        self._interrupted.set()
 
     def load(self) -> None:
         """Load the GGUF named by config.model. Raises Unavailable if it is missing or bad."""
@@ -212,6 +221,7 @@ class LlmAnalyzer:
         if not self._lock.acquire(timeout=timeout):
             raise AnalysisTimeout(f"model busy for the whole {timeout:g} s deadline")
         try:
+            self._interrupted.clear()
             return self._generate(ctx, settings, deadline)
         finally:
             self._lock.release()
@@ -226,7 +236,7 @@ class LlmAnalyzer:
         def past_deadline(_tokens: Any, _logits: Any) -> bool:
             # Checked after every token: a thread cannot be cancelled, so the deadline
             # must be enforced inside generation.
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or self._interrupted.is_set():
                 passed.set()
             return passed.is_set()
 
@@ -242,6 +252,8 @@ class LlmAnalyzer:
             )
         except (ValueError, RuntimeError) as err:
             raise AnalysisFailed(f"generation failed: {err}") from err
+        if passed.is_set() and self._interrupted.is_set():
+            raise AnalysisTimeout("generation interrupted: hsid is stopping")
         if passed.is_set():
             timeout = self._config.timeout_seconds
             raise AnalysisTimeout(f"generation ran past the {timeout:g} s deadline")
@@ -369,6 +381,9 @@ class RiskScorer:
             return fallback_assessment(ctx, self._unavailable, self._config)
         try:
             return await asyncio.to_thread(self._analyzer.analyze, ctx, settings)
+        except asyncio.CancelledError:
+            self._analyzer.interrupt()  # shutting down: the thread must not outlive us long
+            raise
         except AnalysisTimeout as err:
             reason = f"LLM timed out: {err}"
         except Exception as err:  # any LLM failure: the event must still be made

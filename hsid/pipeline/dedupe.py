@@ -7,12 +7,8 @@ import hashlib
 import os
 from pathlib import Path
 
-import redis.asyncio as aioredis
-import structlog
-
-from hsid.constants import DEDUPE_PREFIX
-
-log = structlog.get_logger(__name__)
+from hsid.keyspace import Keyspace
+from hsid.queues import Claim
 
 # Snapshots under this size hash faster than a thread hand-off; bigger files go to a thread
 # so that the event loop never waits on disk reads.
@@ -36,23 +32,12 @@ async def content_hash(path: Path) -> str:
     return await asyncio.to_thread(file_sha256, path)
 
 
-async def claim(redis: aioredis.Redis, path: Path, ttl_seconds: int) -> str | None:
-    """Claim the file's content: its hash when it is new, None when it was seen within the TTL.
+async def content_claim(keyspace: Keyspace, path: Path, ttl_seconds: int) -> Claim:
+    """The dedupe claim of the file's content: `dedupe:<sha256>` holding the path.
 
-    `dedupe:<sha256>` is set to the path with SET NX, so of two racing uploads of one image
-    exactly one wins. The claim expires after `ttl_seconds`.
+    Taken by the push that queues the file (ReliableQueue.push), in the same atomic step,
+    so of two racing uploads of one image exactly one is queued, and no crash or outage
+    can leave a claim whose image was never queued. It expires after `ttl_seconds`.
+    Raises OSError when the file cannot be read.
     """
-    digest = await content_hash(path)
-    # NX with GET (Redis >= 7.0) answers "who had it" in the same round trip.
-    first = await redis.set(f"{DEDUPE_PREFIX}{digest}", str(path), nx=True, ex=ttl_seconds,
-                            get=True)
-    if first is None:
-        return digest
-    original = first.decode() if isinstance(first, bytes) else first
-    log.info("image_duplicate", path=str(path), original=original, sha256=digest)
-    return None
-
-
-async def release(redis: aioredis.Redis, digest: str) -> None:
-    """Drop a claim whose image could not be queued, so that a later retry is not a duplicate."""
-    await redis.delete(f"{DEDUPE_PREFIX}{digest}")
+    return Claim(keyspace.dedupe(await content_hash(path)), str(path), ttl_seconds)

@@ -120,6 +120,10 @@ class SettleTracker:
             return Verdict.GIVE_UP
         return Verdict.WAIT
 
+    def forget_taken(self) -> None:
+        """Forget what was taken, so a rescan takes those files again (Redis lost them)."""
+        self._taken.clear()
+
     def remember_taken(self, path: Path, probe: Probe) -> None:
         """Remember what was taken, so a late event for the same bytes is not a new image."""
         self._taken.pop(path, None)

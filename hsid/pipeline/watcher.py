@@ -10,7 +10,6 @@ down are found at start-up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import AsyncGenerator
@@ -24,8 +23,11 @@ import redis.asyncio as aioredis
 import structlog
 from watchfiles import Change, awatch
 
+from hsid.broker import state_lost
 from hsid.config import DedupeConfig, PathsConfig, WatcherConfig
+from hsid.constants import RECONCILE_CHECK_SECONDS, RECONCILED_PREFIX
 from hsid.errors import InvalidInput, Unavailable
+from hsid.keyspace import Keyspace
 from hsid.metrics import IMAGES_DEDUPLICATED, IMAGES_RECEIVED, IMAGES_REJECTED
 from hsid.pipeline.cameras import (
     CameraStatusMonitor,
@@ -36,11 +38,12 @@ from hsid.pipeline.cameras import (
     register_camera,
     scan_images,
 )
-from hsid.pipeline.dedupe import claim, release
+from hsid.pipeline.dedupe import content_claim
 from hsid.pipeline.settle import Completeness, Probe, SettleTracker, Verdict, probe_file
+from hsid.runtime import pause
 
 if TYPE_CHECKING:
-    from hsid.queues import ReliableQueue
+    from hsid.queues import Claim, ReliableQueue
 
 log = structlog.get_logger(__name__)
 
@@ -103,8 +106,11 @@ class Watcher:
         redis: aioredis.Redis,
         queue: ReliableQueue,
         stopping: asyncio.Event,
+        *,
+        keyspace: Keyspace,
     ) -> None:
         self._root = Path(os.path.abspath(paths.camera_root))
+        self._keyspace = keyspace
         self._config = config
         self._dedupe_ttl = dedupe.ttl_seconds
         self._pool = pool
@@ -114,40 +120,48 @@ class Watcher:
         self._tracker = SettleTracker(config)
         self._statuses = CameraStatusMonitor(pool, config.offline_after_minutes)
         self._cameras: dict[Path, str] = {}  # registered folder -> camera id
+        self._reconciled = keyspace.key(RECONCILED_PREFIX + "watch")
 
     async def run(self) -> None:
         """Watch until `stopping` is set; pending files are left to the next start-up scan."""
         if not await asyncio.to_thread(self._root.is_dir):
             raise Unavailable(f"camera root {self._root} is not a folder")
         log.info("watcher_started", camera_root=str(self._root))
+        # watchfiles sets its stop_event when the watch is cancelled: it gets its own, never
+        # the daemon's, or a crash here would look like SIGTERM and end hsid with status 0.
+        watch_stop = asyncio.Event()
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._watch_loop())
+            group.create_task(self._watch_loop(watch_stop))
+            group.create_task(_relay(self._stopping, watch_stop))
             # One turn of the loop lets the watch task set up inotify, so that a file arriving
             # during the start-up scan is seen by one or the other (or both: that is harmless).
             await asyncio.sleep(0)
+            await state_lost(self._redis, self._reconciled)  # the scan below rebuilds all
             folders = await self._register_existing()
             await self._track_existing(folders)
             group.create_task(self._settle_loop())
             group.create_task(self._status_loop())
+            group.create_task(self._reconcile_loop())
         log.info("watcher_stopped", pending=len(self._tracker))
 
     # --- file system events -----------------------------------------------------------------
 
-    def _changes(self, force_polling: bool) -> AsyncGenerator[set[tuple[Change, str]], None]:
+    def _changes(self, stop: asyncio.Event,
+                 force_polling: bool) -> AsyncGenerator[set[tuple[Change, str]], None]:
         return awatch(
             self._root, watch_filter=None, debounce=WATCH_DEBOUNCE_MS, step=WATCH_STEP_MS,
-            stop_event=self._stopping, recursive=True, force_polling=force_polling,
+            stop_event=stop, recursive=True, force_polling=force_polling,
         )
 
-    async def _watch_loop(self) -> None:
-        changes = self._changes(force_polling=False)
+    async def _watch_loop(self, stop: asyncio.Event) -> None:
+        changes = self._changes(stop, force_polling=False)
         try:
             batch = await anext(changes, None)
         except OSError as err:  # no inotify here, or its watch limit is reached
             if isinstance(err, FileNotFoundError):
                 raise
             log.warning("watcher_polling_fallback", error=str(err))
-            changes = self._changes(force_polling=True)
+            changes = self._changes(stop, force_polling=True)
             batch = await anext(changes, None)
         while batch is not None:
             await self._on_changes(batch)
@@ -249,24 +263,27 @@ class Watcher:
         if camera_id is None:
             _reject(path, folder, reason or "camera_folder_refused")
             return
+        # Recorded before the claim: a database outage here leaves no claim behind that
+        # would make the file a "duplicate" when it is scanned again.
+        await self._mark_seen(folder, camera_id)
         try:
-            digest = await claim(self._redis, path, self._dedupe_ttl)
+            claim = await content_claim(self._keyspace, path, self._dedupe_ttl)
         except FileNotFoundError:
             return  # deleted after it settled: nothing to process
         except OSError as err:
             _reject(path, folder, f"unreadable: {err.strerror}")
             return
-        if digest is None:
+        item = {"camera_id": camera_id, "file_path": str(path), "timestamp": utc_timestamp()}
+        pushed, holder = await self._push(item, claim)
+        if holder is not None:
             self._tracker.remember_taken(path, probe)
             IMAGES_DEDUPLICATED.labels(camera=camera_id).inc()
-            return
-        await self._mark_seen(folder, camera_id)
-        item = {"camera_id": camera_id, "file_path": str(path), "timestamp": utc_timestamp()}
-        if await self._push(item, digest):
+            log.info("image_duplicate", path=str(path), original=holder, claim=claim.key)
+        elif pushed:
             self._tracker.remember_taken(path, probe)
             IMAGES_RECEIVED.labels(camera=camera_id).inc()
             log.info("image_queued", camera=camera_id, path=str(path), size=probe.size,
-                     sha256=digest)
+                     claim=claim.key)
 
     async def _mark_seen(self, folder: Path, camera_id: str) -> None:
         if not await mark_seen(self._pool, camera_id):
@@ -277,23 +294,22 @@ class Watcher:
             await mark_seen(self._pool, camera_id)
         self._statuses.image_seen(camera_id)
 
-    async def _push(self, item: dict[str, str], digest: str) -> bool:
-        """Push unless hsid stops first (the queue may be full); a push that did not happen
-        gives its dedupe claim back, so the next start-up scan takes the file."""
-        push = asyncio.create_task(self._queue.push(item))
+    async def _push(self, item: dict[str, str], claim: Claim) -> tuple[bool, str | None]:
+        """Queue the image with its dedupe claim unless hsid stops first (the queue may be
+        full): (pushed, None), or (False, holder) for a duplicate, or (False, None) when
+        abandoned; an abandoned push took no claim, so the next start-up scan takes it."""
+        push = asyncio.create_task(self._queue.push(item, claim))
         stopped = asyncio.create_task(self._stopping.wait())
         try:
             done, _ = await asyncio.wait((push, stopped), return_when=asyncio.FIRST_COMPLETED)
-            if push in done:
-                push.result()
-                return True
-            log.info("image_push_abandoned", path=item["file_path"], reason="stopping")
-            return False
         finally:
             stopped.cancel()
-            if not push.done() or push.cancelled() or push.exception() is not None:
-                push.cancel()
-                await asyncio.shield(release(self._redis, digest))
+            push.cancel()
+        if push not in done:
+            log.info("image_push_abandoned", path=item["file_path"], reason="stopping")
+            return False, None
+        holder = push.result()
+        return holder is None, holder
 
     # --- camera status ------------------------------------------------------------------------
 
@@ -307,9 +323,26 @@ class Watcher:
             await self._statuses.check()
             await self._pause(interval)
 
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+    # --- Redis restarted empty ----------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        """When Redis comes back empty, the queued images and their dedupe claims are gone:
+        the folders are scanned again as at start-up, so what was accepted is queued again.
+        (An outage that crashed this stage is followed by that scan anyway, at its restart.)"""
+        while not await self._pause(RECONCILE_CHECK_SECONDS):
+            if await state_lost(self._redis, self._reconciled):
+                log.warning("redis_state_lost", duty="watch", action="rescanning folders")
+                self._tracker.forget_taken()
+                await self._track_existing(sorted(self._cameras))
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True (at once) when the daemon is stopping."""
+        return await pause(self._stopping, seconds)
+
+
+async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
 
 
 def _reject(path: Path, folder: Path, reason: str) -> None:

@@ -26,6 +26,7 @@ import structlog
 
 from hsid.config import BaselinesConfig
 from hsid.errors import STORE_ERRORS
+from hsid.keyspace import Keyspace
 from hsid.services.locks import singleton_lock
 
 log = structlog.get_logger(__name__)
@@ -156,16 +157,17 @@ class BaselineService:
     lock:baselines; `run` returns once `stopping` is set."""
 
     def __init__(self, config: BaselinesConfig, pool: asyncpg.Pool, redis: aioredis.Redis,
-                 stopping: asyncio.Event) -> None:
+                 stopping: asyncio.Event, *, keyspace: Keyspace) -> None:
         self._config = config
         self._pool = pool
         self._redis = redis
+        self._keyspace = keyspace
         self._stopping = stopping
 
     async def run(self) -> None:
         while not self._stopping.is_set():
             try:
-                async with singleton_lock(self._redis, BASELINES_DUTY) as held:
+                async with singleton_lock(self._redis, self._keyspace, BASELINES_DUTY) as held:
                     if held and (taken := await update_baselines(
                             self._pool, self._config, datetime.now(UTC))):
                         log.info("baselines_updated", camera_hours=taken)

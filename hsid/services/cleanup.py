@@ -27,6 +27,7 @@ import structlog
 from hsid.config import Config, PathsConfig, RetentionConfig
 from hsid.db import create_pool
 from hsid.errors import STORE_ERRORS
+from hsid.keyspace import Keyspace
 from hsid.services.locks import singleton_lock
 
 log = structlog.get_logger(__name__)
@@ -285,8 +286,10 @@ class CleanupService:
     one process that takes lock:cleanup; a run that fails on a store is retried."""
 
     def __init__(self, retention: RetentionConfig, paths: PathsConfig, pool: asyncpg.Pool,
-                 redis: aioredis.Redis, stopping: asyncio.Event | None = None) -> None:
+                 redis: aioredis.Redis, stopping: asyncio.Event | None = None, *,
+                 keyspace: Keyspace) -> None:
         self._retention = retention
+        self._keyspace = keyspace
         self._paths = paths
         self._pool = pool
         self._redis = redis
@@ -309,7 +312,7 @@ class CleanupService:
 
     async def run_once(self) -> CleanupStats | None:
         """One real cleanup under the lock; None when another process holds it."""
-        async with singleton_lock(self._redis, CLEANUP_DUTY) as held:
+        async with singleton_lock(self._redis, self._keyspace, CLEANUP_DUTY) as held:
             if not held:
                 log.info("cleanup_skipped", reason="another process holds the cleanup lock")
                 return None

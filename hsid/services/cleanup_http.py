@@ -47,7 +47,7 @@ async def start_cleanup(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     if _dry_run(request, default=False):
         return await _cleanup(runtime, dry_run=True)
-    async with singleton_lock(runtime.require_redis(), CLEANUP_DUTY) as held:
+    async with singleton_lock(runtime.require_redis(), runtime.keyspace, CLEANUP_DUTY) as held:
         if not held:
             raise Conflict("a cleanup is already running")
         return await _cleanup(runtime, dry_run=False)

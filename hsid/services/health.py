@@ -18,6 +18,7 @@ class StageState(StrEnum):
     STARTING = "starting"
     RUNNING = "running"
     RESTARTING = "restarting"
+    WAITING = "waiting"  # for a store that is down; resumes by itself, no crash counted
     FAILED = "failed"  # gave up after too many crashes
     STOPPED = "stopped"
 

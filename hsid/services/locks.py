@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 import structlog
 
-from hsid.constants import LOCK_PREFIX, LOCK_TTL_SECONDS
+from hsid.constants import LOCK_TTL_SECONDS
 from hsid.errors import STORE_ERRORS
+from hsid.keyspace import Keyspace
 
 log = structlog.get_logger(__name__)
 
@@ -27,11 +28,12 @@ return 0
 
 
 @contextlib.asynccontextmanager
-async def singleton_lock(client: aioredis.Redis, duty: str) -> AsyncIterator[bool]:
+async def singleton_lock(client: aioredis.Redis, keyspace: Keyspace,
+                         duty: str) -> AsyncIterator[bool]:
     """Hold `lock:<duty>` while the body runs; yields False (do nothing) when another
     process holds it. The TTL is short and renewed, so a crashed holder frees the duty
     within LOCK_TTL_SECONDS; a lock lost meanwhile only risks a harmless second run."""
-    key, token = LOCK_PREFIX + duty, uuid.uuid4().hex
+    key, token = keyspace.lock(duty), uuid.uuid4().hex
     if not await client.set(key, token, nx=True, ex=LOCK_TTL_SECONDS):
         yield False
         return

@@ -17,7 +17,8 @@ async def get_metrics(request: web.Request) -> web.Response:
     """The registry in the text format. Queue depths live in Redis, not in this process,
     so they are read at scrape time (skipped, keeping the last values, when Redis is not
     connected or slow)."""
-    await queue_figures(request.app[RUNTIME].redis)
+    runtime = request.app[RUNTIME]
+    await queue_figures(runtime.redis, runtime.keyspace)
     # The content type carries a version and charset, which `content_type=` refuses.
     return web.Response(body=generate_latest(REGISTRY),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})

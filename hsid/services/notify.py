@@ -32,6 +32,7 @@ import structlog
 from hsid import metrics
 from hsid.config import ALERT_CHANNELS, AlertsConfig
 from hsid.errors import STORE_ERRORS, PermanentError, TransientError
+from hsid.keyspace import Keyspace
 from hsid.services.channels import AlertChannels, alert_data
 from hsid.services.locks import singleton_lock
 
@@ -115,10 +116,11 @@ class Notifier:
     process holds lock:notify; `run` returns once `stopping` is set."""
 
     def __init__(self, config: AlertsConfig, pool: asyncpg.Pool, redis: aioredis.Redis,
-                 stopping: asyncio.Event) -> None:
+                 stopping: asyncio.Event, *, keyspace: Keyspace) -> None:
         self._config = config
         self._pool = pool
         self._redis = redis
+        self._keyspace = keyspace
         self._stopping = stopping
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
         self._channels: AlertChannels | None = None
@@ -129,7 +131,7 @@ class Notifier:
         async with AlertChannels(self._config) as self._channels:
             while not self._stopping.is_set():
                 try:
-                    async with singleton_lock(self._redis, NOTIFY_DUTY) as held:
+                    async with singleton_lock(self._redis, self._keyspace, NOTIFY_DUTY) as held:
                         if held != self._holding:
                             log.info("notifier_active" if held else "notifier_standby")
                         self._holding = held

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from hsid.constants import SYSTEM_STATUS_CHANNEL
+from hsid.keyspace import Keyspace
 from hsid.queues import dlq_counts, queue_depths
 from hsid.runtime import Runtime
 from hsid.services.health import health_report
@@ -25,7 +26,9 @@ QUEUE_READ_TIMEOUT_SECONDS = 1.0
 REDIS_ERRORS = (OSError, TimeoutError, aioredis.RedisError)
 
 
-async def queue_figures(client: aioredis.Redis | None) -> tuple[dict[str, int], dict[str, int]]:
+async def queue_figures(
+    client: aioredis.Redis | None, keyspace: Keyspace
+) -> tuple[dict[str, int], dict[str, int]]:
     """(items waiting per queue, items per dead-letter queue), refreshing the QUEUE_DEPTH
     and DLQ_SIZE gauges on the way (queue_depths sets both); two empty dicts when Redis is
     not connected or does not answer within QUEUE_READ_TIMEOUT_SECONDS."""
@@ -33,7 +36,7 @@ async def queue_figures(client: aioredis.Redis | None) -> tuple[dict[str, int], 
         return {}, {}
     try:
         async with asyncio.timeout(QUEUE_READ_TIMEOUT_SECONDS):
-            return await queue_depths(client), await dlq_counts(client)
+            return await queue_depths(client, keyspace), await dlq_counts(client, keyspace)
     except REDIS_ERRORS as err:
         log.debug("queue_figures_unavailable", error=str(err) or type(err).__name__)
         return {}, {}
@@ -45,7 +48,8 @@ async def build_status(runtime: Runtime) -> dict[str, Any]:
     provider and the latest GPU figures (None when absent), uptime, and an ISO UTC
     timestamp. Never raises for an unreachable store; the report says it is down."""
     (_, report), (depths, dlq) = await asyncio.gather(
-        health_report(runtime.health, runtime.pool, runtime.redis), queue_figures(runtime.redis)
+        health_report(runtime.health, runtime.pool, runtime.redis),
+        queue_figures(runtime.redis, runtime.keyspace),
     )
     verdict = report.pop("status")
     gpu = runtime.health.info.get("gpu")
@@ -87,7 +91,8 @@ class StatusPublisher:
                 raise ConnectionError("Redis is not connected yet")
             # default=str: a fact another stage put into health.info need not be JSON.
             text = json.dumps(message, default=str)
-            receivers = await client.publish(SYSTEM_STATUS_CHANNEL, text)
+            channel = self._runtime.keyspace.channel(SYSTEM_STATUS_CHANNEL)
+            receivers = await client.publish(channel, text)
         except REDIS_ERRORS as err:
             if not self._failing:
                 log.warning("system_status_not_published", error=str(err) or type(err).__name__)

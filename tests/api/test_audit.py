@@ -8,6 +8,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
+from hsid.keyspace import Keyspace
 from tests import seed
 
 
@@ -17,13 +18,13 @@ async def audit_rows(db: asyncpg.Pool) -> list[dict]:
 
 
 async def test_each_kind_of_change_is_audited(api_client: TestClient, db: asyncpg.Pool,
-                                              redis: aioredis.Redis) -> None:
+                                              redis: aioredis.Redis, keyspace: Keyspace) -> None:
     headers = {"User-Agent": "audit-test/1"}
     await seed.camera(db, "garage")
     event_id = await seed.event(db, "garage")
     alert_id = await seed.alert(db, event_id)
-    await redis.rpush("dlq:analysis_queue", json.dumps({"original_job": {"batch_id": "b"},
-                                                        "error": "x"}))
+    await redis.rpush(keyspace.dlq("analysis_queue"),
+                      json.dumps({"original_job": {"batch_id": "b"}, "error": "x"}))
     calls = [
         ("POST", "/api/cameras", {"name": "Porch"}),
         ("PATCH", "/api/cameras/porch", {"name": "Front porch"}),

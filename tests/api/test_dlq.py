@@ -7,10 +7,12 @@ import json
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
+from hsid.keyspace import Keyspace
 
-async def dead(redis: aioredis.Redis, queue: str, count: int) -> None:
+
+async def dead(redis: aioredis.Redis, keyspace: Keyspace, queue: str, count: int) -> None:
     for i in range(count):
-        await redis.rpush(f"dlq:{queue}", json.dumps({
+        await redis.rpush(keyspace.dlq(queue), json.dumps({
             "original_job": {"camera_id": "front_door", "file_path": f"/x/{i}.jpg",
                              "timestamp": "2026-01-01T00:00:00.000000"},
             "error": "boom", "attempt_count": 3,
@@ -19,9 +21,9 @@ async def dead(redis: aioredis.Redis, queue: str, count: int) -> None:
 
 
 async def test_counts_items_requeue_and_clear(api_client: TestClient,
-                                              redis: aioredis.Redis) -> None:
-    await dead(redis, "detection_queue", 3)
-    await dead(redis, "analysis_queue", 1)
+                                              redis: aioredis.Redis, keyspace: Keyspace) -> None:
+    await dead(redis, keyspace, "detection_queue", 3)
+    await dead(redis, keyspace, "analysis_queue", 1)
     counts = await (await api_client.get("/api/dlq")).json()
     assert counts == {"detection_queue": 3, "analysis_queue": 1}
 
@@ -31,7 +33,7 @@ async def test_counts_items_requeue_and_clear(api_client: TestClient,
 
     one = await api_client.post("/api/dlq/detection_queue/requeue", json={"index": 0})
     assert await one.json() == {"requeued": 1}
-    assert await redis.llen("detection_queue") == 1
+    assert await redis.llen(keyspace.queue("detection_queue")) == 1
     missing = await api_client.post("/api/dlq/detection_queue/requeue", json={"index": 7})
     assert missing.status == 404
     both = await api_client.post("/api/dlq/detection_queue/requeue",
@@ -39,7 +41,7 @@ async def test_counts_items_requeue_and_clear(api_client: TestClient,
     assert both.status == 422
     everything = await api_client.post("/api/dlq/detection_queue/requeue", json={})
     assert await everything.json() == {"requeued": 2}
-    assert await redis.llen("detection_queue") == 3
+    assert await redis.llen(keyspace.queue("detection_queue")) == 3
 
     cleared = await api_client.delete("/api/dlq/analysis_queue")
     assert await cleared.json() == {"cleared": 1}

@@ -66,7 +66,7 @@ async def seed_everything(runtime: Runtime) -> None:
                        "VALUES ('nemotron', 1, $1, true)", json.dumps(
                            {"system_prompt": "Be careful.", "temperature": 0.7,
                             "max_tokens": 2048}))
-    await runtime.require_redis().rpush("dlq:detection_queue", json.dumps({
+    await runtime.require_redis().rpush(runtime.keyspace.dlq("detection_queue"), json.dumps({
         "original_job": {"camera_id": "front_door", "file_path": "/x.jpg",
                          "timestamp": "2026-01-01T00:00:00.000000"},
         "error": "boom", "attempt_count": 3, "first_failed_at": "2026-01-01T00:00:00.000000",
@@ -118,12 +118,14 @@ class LiveServer:
 
 
 @pytest.fixture
-def live_api(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[str]:
+def live_api(database_url: str, redis_url: str, redis_prefix: str,
+             tmp_path: Path) -> Iterator[str]:
     """The base URL of a live, seeded API."""
     for folder in ("cameras", "state"):
         (tmp_path / folder).mkdir()
     config = load_config(None, {
         "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+        "HSID_REDIS__PREFIX": redis_prefix,
         "HSID_PATHS__CAMERA_ROOT": str(tmp_path / "cameras"),
         "HSID_PATHS__STATE_DIR": str(tmp_path / "state"),
         "HSID_API__PORT": str(free_port()),

@@ -6,19 +6,20 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
+from hsid.keyspace import Keyspace
 from tests import seed
 from tests.api.conftest import MakeClient
 
 
 async def test_stats_counts_queues_and_detector(make_client: MakeClient, db: asyncpg.Pool,
-                                                redis: aioredis.Redis) -> None:
+                                                redis: aioredis.Redis, keyspace: Keyspace) -> None:
     client = await make_client()
     await seed.camera(db)
     detection = await seed.detection(db)
     await seed.event(db, detection_ids=[detection])
     await seed.event(db, reviewed=True)
-    await redis.rpush("detection_queue", "{}", "{}")
-    await redis.rpush("dlq:analysis_queue", "{}")
+    await redis.rpush(keyspace.queue("detection_queue"), "{}", "{}")
+    await redis.rpush(keyspace.dlq("analysis_queue"), "{}")
     stats = await (await client.get("/api/system/stats")).json()
     assert stats["counts"]["cameras"] == 1 and stats["counts"]["detections"] == 1
     assert stats["counts"]["events"] == 2 and stats["counts"]["unreviewed_events"] == 1

@@ -4,27 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
+from hsid.api.keys import RUNTIME
 from hsid.api.websocket import RELAYS, TOO_SLOW_CODE, Relay
 from hsid.constants import SECURITY_EVENTS_CHANNEL, SYSTEM_STATUS_CHANNEL
+from hsid.keyspace import Keyspace
+from hsid.services.status import StatusPublisher
 from tests.api.conftest import MakeClient
 from tests.support import eventually
 
 
 @pytest.fixture
 async def ws_client(make_client: MakeClient) -> TestClient:
-    """The API with its relays on private channel names: pub/sub channels are global to
-    the Redis server, and parallel test runs must not hear each other."""
-    client = await make_client()
-    for relay in client.app[RELAYS].values():
-        relay.channel = f"test:{relay.channel}:{uuid.uuid4().hex}"
-    return client
+    """The API with its relays on the run's channel names: pub/sub channels are global to
+    the Redis server, and the config's redis.prefix keeps parallel runs from hearing each
+    other."""
+    return await make_client()
 
 
 def relay_of(client: TestClient, channel: str = SECURITY_EVENTS_CHANNEL) -> Relay:
@@ -117,3 +117,40 @@ async def test_shutdown_closes_clients(ws_client: TestClient, redis: aioredis.Re
     assert message.type == WSMsgType.CLOSE and message.data == 1001
     await closing
     await eventually(lambda: relay._task is not None and relay._task.done())
+
+
+async def test_relays_listen_on_the_channels_under_the_install_prefix(
+    ws_client: TestClient, keyspace: Keyspace
+) -> None:
+    assert keyspace.prefix
+    for channel in (SECURITY_EVENTS_CHANNEL, SYSTEM_STATUS_CHANNEL):
+        assert relay_of(ws_client, channel).channel == keyspace.prefix + channel
+
+
+async def test_two_installs_on_one_redis_never_receive_each_others_events(
+    make_client: MakeClient, redis: aioredis.Redis, redis_prefix: str
+) -> None:
+    """Same Redis, same database even: only the prefix keeps them apart, on both the
+    publishing (StatusPublisher) and the relaying (WebSocket) side."""
+    installs = []
+    for name in ("a", "b"):
+        client = await make_client({"redis": {"prefix": f"{redis_prefix}{name}:"}})
+        runtime = client.app[RUNTIME]
+        runtime.health.info["detector"] = f"install-{name}"  # tells the messages apart
+        ws = await client.ws_connect("/ws/system")
+        channel = relay_of(client, SYSTEM_STATUS_CHANNEL).channel
+        await eventually(lambda ch=channel: subscribers(redis, ch))
+        installs.append((runtime, ws))
+    (runtime_a, ws_a), (runtime_b, ws_b) = installs
+    assert runtime_a.keyspace.channel(SYSTEM_STATUS_CHANNEL) != runtime_b.keyspace.channel(
+        SYSTEM_STATUS_CHANNEL)
+
+    assert await StatusPublisher(runtime_a).publish() == 1  # a's relay, not b's
+    assert (await ws_a.receive_json(timeout=5))["data"]["detector"] == "install-a"
+    assert await StatusPublisher(runtime_b).publish() == 1
+    # Pub/sub keeps order: had b heard a's message, it would have come first.
+    assert (await ws_b.receive_json(timeout=5))["data"]["detector"] == "install-b"
+    with pytest.raises(TimeoutError):
+        await ws_a.receive(timeout=0.3)
+    for _, ws in installs:
+        await ws.close()

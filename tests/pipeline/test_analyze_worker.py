@@ -11,9 +11,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from structlog.testing import capture_logs
 
+from hsid import metrics
 from hsid.config import Config
-from hsid.pipeline.analyze_worker import AnalyzeWorker
+from hsid.keyspace import Keyspace
+from hsid.pipeline.analyze_worker import LOCK_CAMERA_EVENTS, AnalyzeWorker
 from hsid.pipeline.analyzer import RiskScorer
 from hsid.pipeline.prompts import seed_default_prompt
 from hsid.queues import ReliableQueue
@@ -42,24 +45,26 @@ async def seeded(db: asyncpg.Pool, camera_root: Path) -> list[int]:
 
 
 @pytest.fixture
-async def analysis(config: Config, db: asyncpg.Pool, redis: aioredis.Redis
+async def analysis(config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace
                    ) -> AsyncIterator[ReliableQueue]:
     scorer = RiskScorer(config.analyzer)  # no model configured: rule-based scoring
     await scorer.load()
-    queue = ReliableQueue(redis, "analysis_queue", "test-analyze", config.queues)
+    queue = ReliableQueue(redis, "analysis_queue", "test-analyze", config.queues,
+                          keyspace=keyspace)
     stopping = asyncio.Event()
     task = asyncio.create_task(
-        AnalyzeWorker(config, db, redis, queue, scorer, stopping).run())
+        AnalyzeWorker(config, db, redis, queue, scorer, stopping, keyspace=keyspace).run())
     yield queue
     stopping.set()
     await asyncio.wait_for(task, 10)
 
 
 async def test_batch_becomes_one_event_with_the_reference_message(
-    analysis: ReliableQueue, db: asyncpg.Pool, redis: aioredis.Redis, seeded: list[int],
+    analysis: ReliableQueue, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    seeded: list[int],
 ) -> None:
     pubsub = redis.pubsub()
-    await pubsub.subscribe("security_events")
+    await pubsub.subscribe(keyspace.channel("security_events"))
     await analysis.push({"batch_id": "b-1", "camera_id": CAMERA,
                          "detection_ids": seeded[1:]})
     event = await eventually(lambda: db.fetchrow("SELECT * FROM events"))
@@ -115,11 +120,11 @@ async def test_single_qualifying_detection_is_a_fast_path_event(
 
 
 async def test_unusable_items_go_to_the_dlq(
-    analysis: ReliableQueue, redis: aioredis.Redis, seeded: list[int],
+    analysis: ReliableQueue, redis: aioredis.Redis, keyspace: Keyspace, seeded: list[int],
 ) -> None:
     await analysis.push({"batch_id": "x", "camera_id": CAMERA, "detection_ids": []})
     await analysis.push({"batch_id": "y", "camera_id": CAMERA, "detection_ids": [999999]})
-    raws = await eventually(lambda: _at_least(redis, "dlq:analysis_queue", 2))
+    raws = await eventually(lambda: _at_least(redis, keyspace.dlq("analysis_queue"), 2))
     errors = [json.loads(raw)["error"] for raw in raws]
     assert any("non-empty" in e for e in errors)
     assert any("exist" in e for e in errors)
@@ -139,3 +144,78 @@ def test_zones_hold_the_bottom_centre_of_a_box() -> None:
     # A 200x400 box at (100, 100) in 1000x1000 stands at (0.2, 0.5): on the porch's edge.
     assert zones_of_box([porch, lawn], (100, 100, 200, 400), 1000, 1000) == [porch]
     assert zones_of_box([porch, lawn], (700, 100, 100, 700), 1000, 1000) == [lawn]
+
+
+WAITING_FOR_ADVISORY_LOCKS = """
+SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+async def _lock_waiters(db: asyncpg.Pool, count: int) -> bool:
+    return await db.fetchval(WAITING_FOR_ADVISORY_LOCKS) == count
+
+
+async def _events_holding(db: asyncpg.Pool) -> dict[str, list[int]]:
+    return {row["batch_id"]: json.loads(row["detection_ids"])
+            for row in await db.fetch("SELECT batch_id, detection_ids FROM events")}
+
+
+async def test_a_detection_already_in_an_event_is_not_included_again(
+    analysis: ReliableQueue, db: asyncpg.Pool, seeded: list[int],
+) -> None:
+    await analysis.push({"batch_id": "first", "camera_id": CAMERA, "detection_ids": seeded[:2]})
+    await eventually(lambda: db.fetchval("SELECT 1 FROM events WHERE batch_id = 'first'"))
+    with capture_logs() as logs:
+        await analysis.push({"batch_id": "again", "camera_id": CAMERA,
+                             "detection_ids": seeded[:1]})
+        await analysis.push({"batch_id": "overlap", "camera_id": CAMERA,
+                             "detection_ids": seeded})
+        await eventually(lambda: db.fetchval("SELECT 1 FROM events WHERE batch_id = 'overlap'"))
+    assert await _events_holding(db) == {"first": seeded[:2], "overlap": seeded[2:]}
+    covered = [e for e in logs if e["event"] == "batch_already_covered"]
+    assert [e["detection_ids"] for e in covered] == [seeded[:1]]  # the "again" batch
+
+
+async def test_two_analyzers_sharing_a_detection_give_one_event_holding_it(
+    analysis: ReliableQueue, config: Config, db: asyncpg.Pool, redis: aioredis.Redis,
+    keyspace: Keyspace, seeded: list[int],
+) -> None:
+    scorer = RiskScorer(config.analyzer)
+    await scorer.load()
+    queue = ReliableQueue(redis, "analysis_queue", "test-analyze-2", config.queues,
+                          keyspace=keyspace)
+    stopping = asyncio.Event()
+    second = asyncio.create_task(
+        AnalyzeWorker(config, db, redis, queue, scorer, stopping, keyspace=keyspace).run())
+    # Holding the camera's event lock lets both analyzers get as far as the insert, each
+    # having found the shared detection in no event; then they take turns.
+    with capture_logs() as logs:
+        async with db.acquire() as conn, conn.transaction():
+            await conn.execute(LOCK_CAMERA_EVENTS, CAMERA)
+            await analysis.push({"batch_id": "b-1", "camera_id": CAMERA,
+                                 "detection_ids": seeded[:2]})
+            await analysis.push({"batch_id": "b-2", "camera_id": CAMERA,
+                                 "detection_ids": seeded[1:]})
+            await eventually(lambda: _lock_waiters(db, 2),
+                             what="both analyzers waiting for the lock")
+        await eventually(lambda: db.fetchval("SELECT count(*) = 2 FROM events"))
+    stopping.set()
+    await asyncio.wait_for(second, 10)
+    held = sorted(i for ids in (await _events_holding(db)).values() for i in ids)
+    assert held == seeded  # each detection in exactly one event
+    assert [e["event"] for e in logs].count("detections_taken_meanwhile") == 1
+
+
+async def test_a_batch_that_crashed_the_daemon_twice_is_scored_by_the_rules(
+    analysis: ReliableQueue, db: asyncpg.Pool, seeded: list[int],
+) -> None:
+    sample = ("hsid_llm_fallbacks_total", {"reason": "crashed_daemon"})
+    before = metrics.REGISTRY.get_sample_value(*sample) or 0
+    await analysis.push({"batch_id": "poison", "camera_id": CAMERA,
+                         "detection_ids": seeded, "crash_count": 2})
+    event = await eventually(lambda: db.fetchrow("SELECT * FROM events"))
+    assert json.loads(event["detection_ids"]) == seeded
+    assert ("the LLM was not used (the LLM analysis crashed the daemon twice on this batch)"
+            in event["reasoning"])
+    assert metrics.REGISTRY.get_sample_value(*sample) == before + 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,6 +173,32 @@ def test_analyzer_raises_a_timeout_error_past_the_deadline(tiny_gguf: Path) -> N
     finally:
         analyzer.close()
     assert isinstance(caught.value, TimeoutError)
+
+
+def test_interrupt_ends_a_generation_at_its_next_token(tiny_gguf: Path) -> None:
+    # What shutdown does: a thread cannot be cancelled, so without this a long generation
+    # would hold the process past systemd's TimeoutStopSec.
+    analyzer = LlmAnalyzer(AnalyzerConfig(model=str(tiny_gguf), timeout_seconds=600))
+    analyzer.load()
+    outcome: list[BaseException] = []
+
+    def generate() -> None:
+        try:
+            analyzer.analyze(batch(person()), SETTINGS)
+        except Exception as err:
+            outcome.append(err)
+
+    worker = threading.Thread(target=generate)
+    try:
+        worker.start()
+        while worker.is_alive():  # again and again: the first may land before generation
+            analyzer.interrupt()
+            worker.join(0.01)
+    finally:
+        worker.join()
+        analyzer.close()
+    [error] = outcome
+    assert isinstance(error, AnalysisTimeout) and "interrupted" in str(error)
 
 
 def test_reply_cut_short_by_max_tokens_is_a_failure(tiny_analyzer: LlmAnalyzer) -> None:

@@ -1,4 +1,4 @@
-"""Batcher: the reference's keys and TTLs, window/idle/size closing, fast path, racing sweepers."""
+"""Batcher: reference keys (after the prefix), TTLs, window/idle/size closing, fast path, races."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import redis.asyncio as aioredis
 
 from hsid.config import BatchConfig
+from hsid.keyspace import Keyspace
 from hsid.pipeline.batcher import Batcher, NewDetection
 
 CAR = "car"
@@ -17,36 +18,37 @@ def det(id_: int, object_type: str = CAR, confidence: float = 0.6) -> NewDetecti
     return NewDetection(id=id_, object_type=object_type, confidence=confidence)
 
 
-async def analysis_items(redis: aioredis.Redis) -> list[dict]:
-    return [json.loads(raw) for raw in await redis.lrange("analysis_queue", 0, -1)]
+async def analysis_items(redis: aioredis.Redis, keyspace: Keyspace) -> list[dict]:
+    return [json.loads(raw) for raw in await redis.lrange(keyspace.queue("analysis_queue"), 0, -1)]
 
 
 async def test_detections_join_one_batch_with_the_reference_keys_and_ttls(
-    redis: aioredis.Redis,
+    redis: aioredis.Redis, keyspace: Keyspace,
 ) -> None:
-    batcher = Batcher(BatchConfig(), redis)
+    batcher = Batcher(BatchConfig(), redis, keyspace)
     await batcher.add("front_door", [det(1), det(2)])
     await batcher.add("front_door", [det(3)])
-    batch_id = (await redis.get("batch:front_door:current")).decode()
+    prefix = keyspace.prefix  # the reference's names, each after the install's prefix
+    batch_id = (await redis.get(f"{prefix}batch:front_door:current")).decode()
     keys = {
-        "batch:front_door:current",
-        f"batch:{batch_id}:camera_id",
-        f"batch:{batch_id}:detections",
-        f"batch:{batch_id}:started_at",
-        f"batch:{batch_id}:last_activity",
+        f"{prefix}batch:front_door:current",
+        f"{prefix}batch:{batch_id}:camera_id",
+        f"{prefix}batch:{batch_id}:detections",
+        f"{prefix}batch:{batch_id}:started_at",
+        f"{prefix}batch:{batch_id}:last_activity",
     }
-    assert {k.decode() for k in await redis.keys("batch:*")} == keys
+    assert {k.decode() for k in await redis.keys("*")} == keys
     for key in keys:
         assert 3590 < await redis.ttl(key) <= 3600
-    assert json.loads(await redis.get(f"batch:{batch_id}:detections")) == [1, 2, 3]
-    assert (await redis.get(f"batch:{batch_id}:camera_id")).decode() == "front_door"
-    started = float(await redis.get(f"batch:{batch_id}:started_at"))
-    assert float(await redis.get(f"batch:{batch_id}:last_activity")) >= started
-    assert await analysis_items(redis) == []
+    assert json.loads(await redis.get(f"{prefix}batch:{batch_id}:detections")) == [1, 2, 3]
+    assert (await redis.get(f"{prefix}batch:{batch_id}:camera_id")).decode() == "front_door"
+    started = float(await redis.get(f"{prefix}batch:{batch_id}:started_at"))
+    assert float(await redis.get(f"{prefix}batch:{batch_id}:last_activity")) >= started
+    assert await analysis_items(redis, keyspace) == []
 
 
-async def test_batch_closes_after_its_window(redis: aioredis.Redis) -> None:
-    batcher = Batcher(BatchConfig(window_seconds=0.4, idle_seconds=60), redis)
+async def test_batch_closes_after_its_window(redis: aioredis.Redis, keyspace: Keyspace) -> None:
+    batcher = Batcher(BatchConfig(window_seconds=0.4, idle_seconds=60), redis, keyspace)
     await batcher.add("yard", [det(1)])
     for id_ in (2, 3):  # activity keeps the idle timer from firing
         await asyncio.sleep(0.15)
@@ -54,64 +56,68 @@ async def test_batch_closes_after_its_window(redis: aioredis.Redis) -> None:
         assert await batcher.sweep() == 0
     await asyncio.sleep(0.15)
     assert await batcher.sweep() == 1
-    [item] = await analysis_items(redis)
+    [item] = await analysis_items(redis, keyspace)
     assert set(item) == {"batch_id", "camera_id", "detection_ids"}
     assert item["camera_id"] == "yard"
     assert item["detection_ids"] == [1, 2, 3]
-    assert await redis.keys("batch:*") == []
+    assert await redis.keys(keyspace.prefix + "batch:*") == []
 
 
-async def test_batch_closes_after_idle_time(redis: aioredis.Redis) -> None:
-    batcher = Batcher(BatchConfig(window_seconds=60, idle_seconds=0.2), redis)
+async def test_batch_closes_after_idle_time(redis: aioredis.Redis, keyspace: Keyspace) -> None:
+    batcher = Batcher(BatchConfig(window_seconds=60, idle_seconds=0.2), redis, keyspace)
     await batcher.add("yard", [det(7)])
     assert await batcher.sweep() == 0
     await asyncio.sleep(0.25)
     assert await batcher.sweep() == 1
-    assert [i["detection_ids"] for i in await analysis_items(redis)] == [[7]]
+    assert [i["detection_ids"] for i in await analysis_items(redis, keyspace)] == [[7]]
 
 
 async def test_batch_closes_at_max_size_and_the_next_detection_opens_a_new_one(
-    redis: aioredis.Redis,
+    redis: aioredis.Redis, keyspace: Keyspace,
 ) -> None:
-    batcher = Batcher(BatchConfig(max_detections=3), redis)
+    batcher = Batcher(BatchConfig(max_detections=3), redis, keyspace)
     await batcher.add("drive", [det(1), det(2)])
     await batcher.add("drive", [det(3)])
-    assert [i["detection_ids"] for i in await analysis_items(redis)] == [[1, 2, 3]]
+    assert [i["detection_ids"] for i in await analysis_items(redis, keyspace)] == [[1, 2, 3]]
     await batcher.add("drive", [det(4)])
-    batch_id = (await redis.get("batch:drive:current")).decode()
-    assert json.loads(await redis.get(f"batch:{batch_id}:detections")) == [4]
+    batch_id = (await redis.get(keyspace.prefix + "batch:drive:current")).decode()
+    assert json.loads(await redis.get(keyspace.prefix + f"batch:{batch_id}:detections")) == [4]
 
 
-async def test_fast_path_detection_is_analysed_alone_and_at_once(redis: aioredis.Redis) -> None:
-    batcher = Batcher(BatchConfig(), redis)
+async def test_fast_path_detection_is_analysed_alone_and_at_once(
+    redis: aioredis.Redis, keyspace: Keyspace,
+) -> None:
+    batcher = Batcher(BatchConfig(), redis, keyspace)
     await batcher.add("porch", [det(1, "person", 0.95), det(2, CAR, 0.6), det(3, "person", 0.5)])
-    [item] = await analysis_items(redis)
+    [item] = await analysis_items(redis, keyspace)
     assert item["detection_ids"] == [1]
-    batch_id = (await redis.get("batch:porch:current")).decode()
-    assert json.loads(await redis.get(f"batch:{batch_id}:detections")) == [2, 3]
+    batch_id = (await redis.get(keyspace.prefix + "batch:porch:current")).decode()
+    assert json.loads(await redis.get(keyspace.prefix + f"batch:{batch_id}:detections")) == [2, 3]
     assert item["batch_id"] != batch_id
 
 
-async def test_fast_path_can_be_switched_off(redis: aioredis.Redis) -> None:
-    batcher = Batcher(BatchConfig(fast_path_enabled=False), redis)
+async def test_fast_path_can_be_switched_off(redis: aioredis.Redis, keyspace: Keyspace) -> None:
+    batcher = Batcher(BatchConfig(fast_path_enabled=False), redis, keyspace)
     await batcher.add("porch", [det(1, "person", 0.99)])
-    assert await analysis_items(redis) == []
-    assert await redis.get("batch:porch:current") is not None
+    assert await analysis_items(redis, keyspace) == []
+    assert await redis.get(keyspace.prefix + "batch:porch:current") is not None
 
 
-async def test_nothing_detected_opens_no_batch(redis: aioredis.Redis) -> None:
-    await Batcher(BatchConfig(), redis).add("porch", [])
-    assert await redis.keys("batch:*") == []
+async def test_nothing_detected_opens_no_batch(redis: aioredis.Redis, keyspace: Keyspace) -> None:
+    await Batcher(BatchConfig(), redis, keyspace).add("porch", [])
+    assert await redis.keys(keyspace.prefix + "batch:*") == []
 
 
-async def test_racing_sweepers_close_each_batch_exactly_once(redis: aioredis.Redis) -> None:
+async def test_racing_sweepers_close_each_batch_exactly_once(
+    redis: aioredis.Redis, keyspace: Keyspace,
+) -> None:
     config = BatchConfig(window_seconds=60, idle_seconds=0.1)
-    first, second = Batcher(config, redis), Batcher(config, redis)
+    first, second = Batcher(config, redis, keyspace), Batcher(config, redis, keyspace)
     for n in range(20):
         await first.add(f"cam{n}", [det(n)])
     await asyncio.sleep(0.15)
     closed = await asyncio.gather(first.sweep(), second.sweep(), first.sweep())
     assert sum(closed) == 20
-    items = await analysis_items(redis)
+    items = await analysis_items(redis, keyspace)
     assert sorted(i["detection_ids"][0] for i in items) == list(range(20))
     assert len({i["batch_id"] for i in items}) == 20

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import cv2
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
+from structlog.testing import capture_logs
 
+from hsid import metrics
 from hsid.config import Config
+from hsid.keyspace import Keyspace
 from hsid.models.tiny_detector import write_tiny_detector
 from hsid.pipeline.batcher import Batcher
 from hsid.pipeline.detect_worker import DetectWorker
-from hsid.pipeline.detector import Detector
+from hsid.pipeline.detector import DecodedImage, Detector, ObjectDetection
 from hsid.queues import ReliableQueue
 from tests.support import eventually
 
@@ -62,14 +68,16 @@ async def camera(db: asyncpg.Pool, camera_root: Path) -> Path:
 
 @pytest.fixture
 async def running_worker(
-    worker_config: Config, db: asyncpg.Pool, redis: aioredis.Redis,
+    worker_config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
 ) -> AsyncIterator[ReliableQueue]:
     detector = Detector(worker_config.detector, worker_config.paths.state_dir / "engines")
     await asyncio.to_thread(detector.load)
-    queue = ReliableQueue(redis, "detection_queue", "test-detect", worker_config.queues)
+    queue = ReliableQueue(redis, "detection_queue", "test-detect", worker_config.queues,
+                          keyspace=keyspace)
     stopping = asyncio.Event()
     worker = DetectWorker(worker_config, db, redis, queue, detector,
-                          Batcher(worker_config.batch, redis), stopping)
+                          Batcher(worker_config.batch, redis, keyspace), stopping,
+                          keyspace=keyspace)
     task = asyncio.create_task(worker.run())
     yield queue
     stopping.set()
@@ -77,11 +85,12 @@ async def running_worker(
 
 
 async def test_detections_are_stored_with_boxes_in_original_pixels_and_thumbnails(
-    running_worker: ReliableQueue, db: asyncpg.Pool, redis: aioredis.Redis, camera: Path,
+    running_worker: ReliableQueue, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    camera: Path,
     worker_config: Config,
 ) -> None:
     pubsub = redis.pubsub()
-    await pubsub.subscribe("security_events")
+    await pubsub.subscribe(keyspace.channel("security_events"))
     image = snapshot(camera / "snap 1.jpg", [((100, 200, 300, 600), RED),
                                              ((1200, 500, 1700, 800), BLUE)])
     await running_worker.push(item(image))
@@ -105,10 +114,12 @@ async def test_detections_are_stored_with_boxes_in_original_pixels_and_thumbnail
     assert published["data"]["camera_id"] == CAMERA
     assert {d["id"] for d in published["data"]["detections"]} == {person["id"], car["id"]}
     # The person (0.95) takes the fast path; the car waits in the camera's batch.
-    [fast] = [json.loads(raw) for raw in await redis.lrange("analysis_queue", 0, -1)]
+    analysis_queue = keyspace.queue("analysis_queue")
+    [fast] = [json.loads(raw) for raw in await redis.lrange(analysis_queue, 0, -1)]
     assert fast["detection_ids"] == [person["id"]]
-    batch_id = (await redis.get(f"batch:{CAMERA}:current")).decode()
-    assert json.loads(await redis.get(f"batch:{batch_id}:detections")) == [car["id"]]
+    batch_id = (await redis.get(keyspace.batch_current(CAMERA))).decode()
+    detections = keyspace.batch(CAMERA, batch_id)[2]
+    assert json.loads(await redis.get(detections)) == [car["id"]]
     await pubsub.aclose()
 
 
@@ -128,7 +139,8 @@ async def test_a_job_processed_twice_inserts_once(
 
 
 async def test_bad_images_go_to_the_dlq_with_a_reason_and_the_worker_carries_on(
-    running_worker: ReliableQueue, db: asyncpg.Pool, redis: aioredis.Redis, camera: Path,
+    running_worker: ReliableQueue, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    camera: Path,
 ) -> None:
     good = snapshot(camera / "good.jpg", [((50, 50, 400, 400), RED)])
     truncated = camera / "truncated.jpg"
@@ -143,7 +155,7 @@ async def test_bad_images_go_to_the_dlq_with_a_reason_and_the_worker_carries_on(
         await running_worker.push(item(camera / name))
     await running_worker.push(item(good))
     await eventually(lambda: db.fetchval("SELECT count(*) FROM detections"))
-    entries = await eventually(lambda: _dlq_when(redis, len(bad)))
+    entries = await eventually(lambda: _dlq_when(redis, keyspace, len(bad)))
     by_file = {Path(e["original_job"]["file_path"]).name: e for e in entries}
     assert set(by_file) == set(bad)
     for entry in entries:
@@ -154,21 +166,160 @@ async def test_bad_images_go_to_the_dlq_with_a_reason_and_the_worker_carries_on(
     assert "no longer exists" in by_file["missing.jpg"]["error"]
 
 
-async def _dlq_when(redis: aioredis.Redis, count: int) -> list[dict] | None:
-    raws = await redis.lrange("dlq:detection_queue", 0, -1)
+async def _dlq_when(redis: aioredis.Redis, keyspace: Keyspace, count: int) -> list[dict] | None:
+    raws = await redis.lrange(keyspace.dlq("detection_queue"), 0, -1)
     return [json.loads(r) for r in raws] if len(raws) >= count else None
 
 
 async def test_failed_transaction_removes_its_thumbnails(
-    running_worker: ReliableQueue, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path,
+    running_worker: ReliableQueue, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    camera_root: Path,
     worker_config: Config,
 ) -> None:
     folder = camera_root / "unregistered"  # no cameras row: the foreign key refuses the rows
     folder.mkdir()
     image = snapshot(folder / "x.jpg", [((50, 50, 400, 400), RED)])
     await running_worker.push(item(image, camera="unregistered"))
-    [entry] = await eventually(lambda: _dlq_when(redis, 1))
+    [entry] = await eventually(lambda: _dlq_when(redis, keyspace, 1))
     assert entry["attempt_count"] == worker_config.queues.max_attempts
     thumbs = worker_config.paths.state_dir / "thumbnails"
     assert not thumbs.exists() or not [p for p in thumbs.rglob("*") if p.is_file()]
     assert await db.fetchval("SELECT count(*) FROM detections") == 0
+
+
+async def _rows_when(db: asyncpg.Pool, count: int) -> list[asyncpg.Record] | None:
+    rows = await db.fetch("SELECT * FROM detections ORDER BY id")
+    return rows if len(rows) >= count else None
+
+
+async def test_a_retried_job_batches_its_stored_detections_that_no_event_holds(
+    running_worker: ReliableQueue, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    camera: Path,
+) -> None:
+    image = snapshot(camera / "retried.jpg", [((100, 200, 300, 600), RED),
+                                              ((1200, 500, 1700, 800), BLUE)])
+    await running_worker.push(item(image))
+    rows = await eventually(lambda: _rows_when(db, 2))
+    person, car = sorted(rows, key=lambda row: -row["confidence"])
+    # As if the first run had died between commit and batching; the person was analysed.
+    await redis.flushdb()
+    await db.execute("INSERT INTO events (batch_id, camera_id, started_at, ended_at, "
+                     "detection_ids) VALUES ('done', $1, $2, $2, $3)",
+                     CAMERA, person["detected_at"], json.dumps([person["id"]]))
+    with capture_logs() as logs:
+        await running_worker.push(item(image))
+        [stored] = await eventually(
+            lambda: [e for e in logs if e["event"] == "detections_already_stored"])
+    assert stored["rebatched"] == 1
+    batch_id = (await redis.get(keyspace.batch_current(CAMERA))).decode()
+    assert json.loads(await redis.get(keyspace.batch(CAMERA, batch_id)[2])) == [car["id"]]
+    assert await redis.lrange(keyspace.queue("analysis_queue"), 0, -1) == []  # not the person
+    assert await db.fetchval("SELECT count(*) FROM detections") == 2
+    assert await asyncio.to_thread(Path(car["thumbnail_path"]).is_file)  # kept by the retry
+
+
+@pytest.fixture
+def full_state_dir(worker_config: Config) -> Iterator[Path]:
+    """The state dir as a tiny tmpfs filled to the last byte (`filler`); unmounted after."""
+    path = worker_config.paths.state_dir
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(path)],
+                                 capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        pytest.skip("no mount command to put a tiny tmpfs under the state dir")
+    if mounted.returncode != 0:
+        pytest.skip("mounting a tiny tmpfs as the state dir needs root (CAP_SYS_ADMIN): "
+                    + mounted.stderr.strip())
+    try:
+        with open(path / "filler", "wb", buffering=0) as filler:
+            try:
+                while True:
+                    filler.write(b"\0" * 4096)
+            except OSError as err:
+                assert err.errno == errno.ENOSPC
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True, timeout=30)
+
+
+def _files(folder: Path) -> list[str]:
+    """The files under `folder`, as sorted relative paths."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+async def test_a_full_disk_stores_detections_without_thumbnails_until_space_returns(
+    running_worker: ReliableQueue, db: asyncpg.Pool, camera: Path, full_state_dir: Path,
+) -> None:
+    sample = "hsid_thumbnails_not_written_total"
+    before = metrics.REGISTRY.get_sample_value(sample) or 0
+    patches = [((100, 200, 300, 600), RED), ((1200, 500, 1700, 800), BLUE)]
+    with capture_logs() as logs:
+        for name in ("full-1.jpg", "full-2.jpg"):
+            await running_worker.push(item(snapshot(camera / name, patches)))
+        rows = await eventually(lambda: _rows_when(db, 4))
+        assert [row["thumbnail_path"] for row in rows] == [None] * 4
+        assert metrics.REGISTRY.get_sample_value(sample) == before + 4
+        # Nothing half-written is left behind.
+        assert _files(full_state_dir) == ["filler"]
+
+        (full_state_dir / "filler").unlink()  # the user makes room
+        await running_worker.push(item(snapshot(camera / "roomy.jpg", patches)))
+        rows = await eventually(lambda: _rows_when(db, 6))
+    thumbnails = [Path(row["thumbnail_path"]) for row in rows[4:]]
+    assert sorted(thumbnails) == [full_state_dir / name for name in _files(full_state_dir)]
+    [unwritable] = [e for e in logs if e["event"] == "thumbnails_unwritable"]
+    assert unwritable["log_level"] == "error"
+    assert "No space left" in unwritable["error"]
+    assert unwritable["path"].startswith(str(full_state_dir))
+    [again] = [e for e in logs if e["event"] == "thumbnails_writable_again"]
+    assert again["log_level"] == "info"
+
+
+async def test_a_job_that_crashed_the_daemon_twice_goes_to_the_dlq_undecoded(
+    running_worker: ReliableQueue, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    camera: Path,
+) -> None:
+    decodes = ("hsid_stage_seconds_count", {"step": "decode"})
+    before = metrics.REGISTRY.get_sample_value(*decodes) or 0
+    image = snapshot(camera / "poison.jpg", [((50, 50, 400, 400), RED)])
+    await running_worker.push({**item(image), "crash_count": 2})
+    [entry] = await eventually(lambda: _dlq_when(redis, keyspace, 1))
+    assert entry["error"] == "crashed the daemon twice"
+    assert entry["attempt_count"] == 1
+    assert entry["original_job"]["file_path"] == str(image)
+    assert (metrics.REGISTRY.get_sample_value(*decodes) or 0) == before
+    assert await db.fetchval("SELECT count(*) FROM detections") == 0
+
+
+class CallSizes(Detector):
+    """The real detector, noting how many images each call brings."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.calls: list[int] = []
+
+    def infer(self, images: list[DecodedImage]) -> list[list[ObjectDetection]]:
+        self.calls.append(len(images))
+        return super().infer(images)
+
+
+async def test_jobs_in_flight_at_a_crash_are_inferred_alone_and_the_rest_together(
+    worker_config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    camera: Path,
+) -> None:
+    detector = CallSizes(worker_config.detector, worker_config.paths.state_dir / "engines")
+    await asyncio.to_thread(detector.load)
+    queue = ReliableQueue(redis, "detection_queue", "test-detect", worker_config.queues,
+                          keyspace=keyspace)
+    # Queued as recovery leaves them: the jobs in flight at the crash first.
+    for n in range(4):
+        image = snapshot(camera / f"{n}.jpg", [((10, 10, 200, 200), BLUE)])
+        await queue.push({**item(image), **({"crash_count": 1} if n < 2 else {})})
+    stopping = asyncio.Event()
+    task = asyncio.create_task(DetectWorker(
+        worker_config, db, redis, queue, detector, Batcher(worker_config.batch, redis, keyspace),
+        stopping, keyspace=keyspace).run())
+    await eventually(lambda: _rows_when(db, 4))
+    stopping.set()
+    await asyncio.wait_for(task, 10)
+    assert detector.calls == [1, 1, 2]  # batch_size 2

@@ -20,7 +20,10 @@ from structlog.testing import capture_logs
 
 from hsid.config import Config
 from hsid.constants import DETECTION_QUEUE
+from hsid.db import create_pool
+from hsid.keyspace import Keyspace
 from hsid.metrics import REGISTRY
+from hsid.pipeline import watcher as watcher_module
 from hsid.pipeline.watcher import Watcher
 from hsid.queues import ReliableQueue
 from tests.pipeline.samples import FAST_SETTLE, jpeg
@@ -29,15 +32,16 @@ TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}")
 WAIT_SECONDS = 5.0
 
 
-async def queued(redis: aioredis.Redis) -> list[dict[str, Any]]:
-    return [json.loads(raw) for raw in await redis.lrange(DETECTION_QUEUE, 0, -1)]
+async def queued(redis: aioredis.Redis, keyspace: Keyspace) -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in await redis.lrange(keyspace.queue(DETECTION_QUEUE), 0, -1)]
 
 
 class Running:
     """A watcher running as a task, with helpers to wait on what it does."""
 
-    def __init__(self, task: asyncio.Task[None], redis: aioredis.Redis) -> None:
-        self.task, self.redis = task, redis
+    def __init__(self, task: asyncio.Task[None], redis: aioredis.Redis,
+                 keyspace: Keyspace) -> None:
+        self.task, self.redis, self.keyspace = task, redis, keyspace
 
     async def until(self, check: Callable[[], Awaitable[bool]], what: str) -> None:
         deadline = time.monotonic() + WAIT_SECONDS
@@ -51,10 +55,10 @@ class Running:
 
     async def items(self, count: int) -> list[dict[str, Any]]:
         async def enough() -> bool:
-            return len(await queued(self.redis)) >= count
+            return len(await queued(self.redis, self.keyspace)) >= count
 
         await self.until(enough, f"{count} queued item(s)")
-        return await queued(self.redis)
+        return await queued(self.redis, self.keyspace)
 
 
 @asynccontextmanager
@@ -63,11 +67,13 @@ async def running_watcher(
 ) -> AsyncIterator[Running]:
     config = config.with_overrides({"watcher": {**FAST_SETTLE, **watcher}})
     stopping = asyncio.Event()
-    queue = ReliableQueue(redis, DETECTION_QUEUE, "test", config.queues)
-    stage = Watcher(config.paths, config.watcher, config.dedupe, db, redis, queue, stopping)
+    keyspace = Keyspace.from_config(config.redis)  # the run's prefix, as the daemon builds it
+    queue = ReliableQueue(redis, DETECTION_QUEUE, "test", config.queues, keyspace=keyspace)
+    stage = Watcher(config.paths, config.watcher, config.dedupe, db, redis, queue, stopping,
+                    keyspace=keyspace)
     task = asyncio.create_task(stage.run())
     try:
-        yield Running(task, redis)
+        yield Running(task, redis, keyspace)
     finally:
         stopping.set()
         await asyncio.wait_for(task, 5)
@@ -85,7 +91,7 @@ async def status(db: asyncpg.Pool, camera_id: str) -> str | None:
 
 
 async def test_file_written_in_pieces_is_queued_once_after_the_last_piece(
-    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace, camera_root: Path
 ) -> None:
     gate = camera_root / "gate"
     gate.mkdir()
@@ -97,12 +103,12 @@ async def test_file_written_in_pieces_is_queued_once_after_the_last_piece(
                 upload.write(piece)
                 upload.flush()
                 await asyncio.sleep(0.5)  # longer than either settle time
-                assert await queued(redis) == []
+                assert await queued(redis, keyspace) == []
             upload.write(data[-100:])
         items = await watcher.items(1)
         await asyncio.sleep(0.5)
 
-    assert await queued(redis) == items
+    assert await queued(redis, keyspace) == items
     assert items[0]["camera_id"] == "gate"
     assert items[0]["file_path"] == str(path)
     assert TIMESTAMP.fullmatch(items[0]["timestamp"])
@@ -145,7 +151,8 @@ async def test_new_camera_folder_registers_a_camera(
 
 
 async def test_symlinked_image_is_refused(
-    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path, tmp_path: Path
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    camera_root: Path, tmp_path: Path,
 ) -> None:
     gate = camera_root / "gate"
     gate.mkdir()
@@ -159,7 +166,7 @@ async def test_symlinked_image_is_refused(
             items = await watcher.items(1)
             await asyncio.sleep(0.3)
 
-    assert [item["file_path"] for item in await queued(redis)] == [str(gate / "real.jpg")]
+    assert [item["file_path"] for item in await queued(redis, keyspace)] == [str(gate / "real.jpg")]
     assert items[0]["file_path"] == str(gate / "real.jpg")
     rejected = [entry for entry in logs if entry["event"] == "image_rejected"]
     assert [(e["path"], e["reason"], e["log_level"]) for e in rejected] == [
@@ -169,7 +176,8 @@ async def test_symlinked_image_is_refused(
 
 
 async def test_symlinked_folder_pointing_outside_is_refused(
-    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path, tmp_path: Path
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    camera_root: Path, tmp_path: Path,
 ) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -183,7 +191,7 @@ async def test_symlinked_folder_pointing_outside_is_refused(
 
             await watcher.until(refused, "the refusal")
 
-    assert await queued(redis) == []
+    assert await queued(redis, keyspace) == []
     assert await status(db, "evil") is None
     events = {(entry["event"], entry.get("reason")) for entry in logs}
     assert ("camera_folder_refused", "symlink") in events
@@ -191,7 +199,7 @@ async def test_symlinked_folder_pointing_outside_is_refused(
 
 
 async def test_non_image_is_ignored(
-    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace, camera_root: Path
 ) -> None:
     gate = camera_root / "gate"
     gate.mkdir()
@@ -202,12 +210,12 @@ async def test_non_image_is_ignored(
         items = await watcher.items(1)
         await asyncio.sleep(0.4)
 
-    assert [item["file_path"] for item in await queued(redis)] == [str(gate / "snap.JPG")]
+    assert [item["file_path"] for item in await queued(redis, keyspace)] == [str(gate / "snap.JPG")]
     assert items[0]["camera_id"] == "gate"
 
 
 async def test_temporary_names_are_ignored_until_renamed(
-    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace, camera_root: Path
 ) -> None:
     gate = camera_root / "gate"
     gate.mkdir()
@@ -215,18 +223,18 @@ async def test_temporary_names_are_ignored_until_renamed(
         for seed, name in enumerate((".snap.jpg", "a.jpg.part", "b.jpg.tmp", "c.jpg.filepart")):
             (gate / name).write_bytes(jpeg(10 + seed))
         await asyncio.sleep(0.6)  # well past both settle times
-        assert await queued(redis) == []
+        assert await queued(redis, keyspace) == []
 
         (gate / "a.jpg.part").rename(gate / "a.jpg")
         items = await watcher.items(1)
         await asyncio.sleep(0.3)
 
-    assert await queued(redis) == items
+    assert await queued(redis, keyspace) == items
     assert items[0]["file_path"] == str(gate / "a.jpg")
 
 
 async def test_startup_scan_takes_files_that_arrived_while_down(
-    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace, camera_root: Path
 ) -> None:
     gate = camera_root / "gate"
     gate.mkdir()
@@ -243,12 +251,12 @@ async def test_startup_scan_takes_files_that_arrived_while_down(
         items = await watcher.items(1)
         await asyncio.sleep(0.4)
 
-    assert await queued(redis) == items
+    assert await queued(redis, keyspace) == items
     assert items[0]["file_path"] == str(gate / "new.jpg")
 
 
 async def test_same_content_under_two_names_is_queued_once(
-    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace, camera_root: Path
 ) -> None:
     gate = camera_root / "gate"
     gate.mkdir()
@@ -260,12 +268,12 @@ async def test_same_content_under_two_names_is_queued_once(
         await watcher.items(1)
         await asyncio.sleep(0.5)
 
-    assert len(await queued(redis)) == 1
+    assert len(await queued(redis, keyspace)) == 1
     assert counter("deduplicated", "gate") == before + 1
 
 
 async def test_incomplete_jpeg_is_given_up_with_a_warning(
-    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace, camera_root: Path
 ) -> None:
     gate = camera_root / "gate"
     gate.mkdir()
@@ -278,7 +286,7 @@ async def test_incomplete_jpeg_is_given_up_with_a_warning(
 
             await watcher.until(given_up, "the give-up warning")
 
-    assert await queued(redis) == []
+    assert await queued(redis, keyspace) == []
     warning = next(entry for entry in logs if entry["event"] == "image_given_up")
     assert (warning["reason"], warning["log_level"]) == ("no_end_marker", "warning")
 
@@ -348,3 +356,42 @@ async def test_folder_moved_in_with_images_is_registered_and_scanned(
         "timestamp": items[0]["timestamp"],
     }
     assert await status(db, "back_yard") == "online"
+
+
+async def test_watcher_crash_never_sets_the_daemon_stop_flag(
+    config: Config, database_url: str, redis: aioredis.Redis, keyspace: Keyspace,
+    camera_root: Path,
+) -> None:
+    # watchfiles sets its stop_event when the watch is cancelled; given the daemon's, a
+    # crash here once ended hsid with status 0 and nothing restarted it.
+    (camera_root / "gate").mkdir()
+    broken = await create_pool(config.database, database_url)
+    await broken.close()  # every query now raises, as with the database gone
+    stopping = asyncio.Event()
+    queue = ReliableQueue(redis, DETECTION_QUEUE, "test", config.queues, keyspace=keyspace)
+    stage = Watcher(config.paths, config.watcher, config.dedupe, broken, redis, queue, stopping,
+                    keyspace=keyspace)
+
+    with pytest.raises(ExceptionGroup) as crash:
+        await asyncio.wait_for(stage.run(), 5)
+
+    assert crash.group_contains(asyncpg.InterfaceError)
+    assert not stopping.is_set()
+
+
+async def test_images_are_queued_again_when_redis_comes_back_empty(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    camera_root: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(watcher_module, "RECONCILE_CHECK_SECONDS", 0.2)
+    gate = camera_root / "gate"
+    gate.mkdir()
+    async with running_watcher(config, db, redis) as watcher:
+        (gate / "accepted.jpg").write_bytes(jpeg(41))
+        [item] = await watcher.items(1)
+        with capture_logs() as logs:
+            await redis.flushdb()  # a restart of a Redis that keeps nothing on disk
+            [again] = await watcher.items(1)
+
+    assert again["file_path"] == item["file_path"] == str(gate / "accepted.jpg")
+    assert any(entry["event"] == "redis_state_lost" for entry in logs)

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
 from hsid.config import AlertsConfig, Config
+from hsid.keyspace import Keyspace
 from hsid.pipeline.analyze_worker import AnalyzeWorker
 from hsid.pipeline.analyzer import RiskScorer
 from hsid.pipeline.prompts import seed_default_prompt
@@ -232,7 +233,7 @@ async def test_two_workers_racing_on_one_dedup_key_raise_one_alert(
 
 
 @pytest.fixture
-async def analysis(config: Config, db: asyncpg.Pool, redis: aioredis.Redis,
+async def analysis(config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
                    camera_root: Path) -> AsyncIterator[ReliableQueue]:
     """A running analyze worker (rule-based scoring) and a porch zone on the camera."""
     await seed.camera(db, CAMERA, folder=str(camera_root / CAMERA), name="Porch")
@@ -243,9 +244,11 @@ async def analysis(config: Config, db: asyncpg.Pool, redis: aioredis.Redis,
     await seed_default_prompt(db)
     scorer = RiskScorer(config.analyzer)
     await scorer.load()
-    queue = ReliableQueue(redis, "analysis_queue", "test-alerts", config.queues)
+    queue = ReliableQueue(redis, "analysis_queue", "test-alerts", config.queues,
+                          keyspace=keyspace)
     stopping = asyncio.Event()
-    task = asyncio.create_task(AnalyzeWorker(config, db, redis, queue, scorer, stopping).run())
+    task = asyncio.create_task(AnalyzeWorker(config, db, redis, queue, scorer, stopping,
+                                             keyspace=keyspace).run())
     yield queue
     stopping.set()
     await asyncio.wait_for(task, 10)
@@ -259,13 +262,14 @@ async def _detection(db: asyncpg.Pool, camera_root: Path, kind: str = "person") 
 
 
 async def test_event_and_its_alert_are_stored_together_and_published(
-    analysis: ReliableQueue, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path,
+    analysis: ReliableQueue, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    camera_root: Path,
 ) -> None:
     rule = await _insert_rule(db, "person on porch", "high", object_types=["person"],
                               zone_ids=["z-porch"], channels=["log"])
     detection = await _detection(db, camera_root)
     pubsub = redis.pubsub()
-    await pubsub.subscribe("security_events")
+    await pubsub.subscribe(keyspace.channel("security_events"))
 
     await analysis.push({"batch_id": "b-alert", "camera_id": CAMERA,
                          "detection_ids": [detection]})

@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from hsid.config import BaselinesConfig, Config
+from hsid.keyspace import Keyspace
 from hsid.pipeline.analyze_worker import batch_context
 from hsid.pipeline.analyzer import build_prompt
 from hsid.services import baselines
@@ -152,10 +153,11 @@ async def test_the_batch_context_carries_the_lines_unless_baselines_are_off(
 
 
 async def test_the_service_keeps_baselines_up_to_date(
-    db: asyncpg.Pool, redis: aioredis.Redis, camera: str,
+    db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace, camera: str,
 ) -> None:
     stopping = asyncio.Event()
-    task = asyncio.create_task(BaselineService(CONFIG, db, redis, stopping).run())
+    task = asyncio.create_task(BaselineService(CONFIG, db, redis, stopping,
+                                               keyspace=keyspace).run())
     try:
         taken = await eventually(lambda: db.fetchval(
             "SELECT sum(sample_count) FROM activity_baselines"), what="baselines")
@@ -163,4 +165,4 @@ async def test_the_service_keeps_baselines_up_to_date(
         stopping.set()
         await asyncio.wait_for(task, 10)
     assert taken >= 1
-    assert await redis.exists("lock:baselines") == 0
+    assert await redis.exists(keyspace.lock("baselines")) == 0

@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 from hsid.api.keys import RUNTIME
 from hsid.api.middleware import error_middleware
 from hsid.config import Config, PathsConfig, RetentionConfig
-from hsid.constants import LOCK_PREFIX
+from hsid.keyspace import Keyspace
 from hsid.runtime import Runtime
 from hsid.services import cleanup_http
 from hsid.services.cleanup import (
@@ -257,18 +257,20 @@ def test_next_cleanup_is_today_until_the_time_passes_then_tomorrow() -> None:
 
 
 async def test_service_runs_only_in_the_process_holding_the_lock(
-    db: asyncpg.Pool, redis: aioredis.Redis, seeded: Seeded, camera_root: Path, state_dir: Path
+    db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    seeded: Seeded, camera_root: Path, state_dir: Path
 ) -> None:
-    service = CleanupService(RETENTION, _paths(camera_root, state_dir), db, redis)
-    await redis.set(LOCK_PREFIX + "cleanup", "another-process", ex=30)
+    service = CleanupService(RETENTION, _paths(camera_root, state_dir), db, redis,
+                             keyspace=keyspace)
+    await redis.set(keyspace.lock("cleanup"), "another-process", ex=30)
 
     assert await service.run_once() is None
     assert await db.fetchval("SELECT count(*) FROM detections") == 7
 
-    await redis.delete(LOCK_PREFIX + "cleanup")
+    await redis.delete(keyspace.lock("cleanup"))
     stats = await service.run_once()
     assert stats is not None and stats.detections_deleted == 4
-    assert await redis.exists(LOCK_PREFIX + "cleanup") == 0, "the lock is released afterwards"
+    assert await redis.exists(keyspace.lock("cleanup")) == 0, "the lock is released afterwards"
 
 
 async def test_cleanup_command_prints_the_statistics(
@@ -312,9 +314,9 @@ async def test_get_previews_and_post_cleans(cleanup_client: TestClient, db: asyn
 
 
 async def test_post_while_another_cleanup_runs_is_a_conflict(
-    cleanup_client: TestClient, redis: aioredis.Redis, db: asyncpg.Pool
+    cleanup_client: TestClient, redis: aioredis.Redis, keyspace: Keyspace, db: asyncpg.Pool
 ) -> None:
-    await redis.set(LOCK_PREFIX + "cleanup", "another-process", ex=30)
+    await redis.set(keyspace.lock("cleanup"), "another-process", ex=30)
 
     response = await cleanup_client.post("/api/system/cleanup")
 

@@ -15,6 +15,7 @@ from hsid import metrics
 from hsid.api.keys import RUNTIME
 from hsid.config import Config
 from hsid.constants import DETECTION_QUEUE
+from hsid.keyspace import Keyspace
 from hsid.runtime import Runtime
 from hsid.services import metrics_http
 
@@ -59,9 +60,9 @@ async def test_counters_move_after_the_pipeline_increments_them(client: TestClie
 
 
 async def test_queue_depths_are_read_from_redis_at_scrape_time(
-    client: TestClient, redis: aioredis.Redis
+    client: TestClient, redis: aioredis.Redis, keyspace: Keyspace
 ) -> None:
-    await redis.rpush(DETECTION_QUEUE, "{}", "{}", "{}")
+    await redis.rpush(keyspace.queue(DETECTION_QUEUE), "{}", "{}", "{}")
 
     samples = await scrape(client)
 

@@ -23,6 +23,7 @@ from structlog.testing import capture_logs
 
 from hsid import metrics
 from hsid.config import Config
+from hsid.keyspace import Keyspace
 from hsid.services.notify import SELECT_DUE_ALERTS, Notifier
 from tests import seed
 from tests.conftest import free_port
@@ -87,7 +88,7 @@ StartNotifier = Callable[..., asyncio.Task[None]]
 
 
 @pytest.fixture
-async def start_notifier(db: asyncpg.Pool, redis: aioredis.Redis,
+async def start_notifier(db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
                          config: Config) -> AsyncIterator[StartNotifier]:
     """Starts Notifier.run with fast timings and `alerts` overrides; all are stopped (and must
     return by themselves) at the end of the test."""
@@ -97,7 +98,8 @@ async def start_notifier(db: asyncpg.Pool, redis: aioredis.Redis,
     def start(pool: asyncpg.Pool = db, client: aioredis.Redis = redis,
               **overrides: Any) -> asyncio.Task[None]:
         section = config.with_overrides({"alerts": {**FAST, **overrides}}).alerts
-        tasks.append(asyncio.create_task(Notifier(section, pool, client, stopping).run()))
+        notifier = Notifier(section, pool, client, stopping, keyspace=keyspace)
+        tasks.append(asyncio.create_task(notifier.run()))
         return tasks[-1]
 
     yield start

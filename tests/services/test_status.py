@@ -14,7 +14,6 @@ import redis.asyncio as aioredis
 from hsid.config import Config
 from hsid.constants import ANALYSIS_QUEUE, DETECTION_QUEUE, SYSTEM_STATUS_CHANNEL
 from hsid.metrics import REGISTRY
-from hsid.queues import dlq_key
 from hsid.runtime import Runtime
 from hsid.services.health import StageState
 from hsid.services.status import StatusPublisher, build_status
@@ -45,10 +44,11 @@ async def test_published_message_has_the_system_status_shape(
     config: Config, db: asyncpg.Pool, redis: aioredis.Redis
 ) -> None:
     runtime = running_runtime(config, db, redis)
-    await redis.rpush(DETECTION_QUEUE, "{}", "{}")
-    await redis.rpush(dlq_key(ANALYSIS_QUEUE), "{}")
+    keyspace = runtime.keyspace  # the run's prefix, from config
+    await redis.rpush(keyspace.queue(DETECTION_QUEUE), "{}", "{}")
+    await redis.rpush(keyspace.dlq(ANALYSIS_QUEUE), "{}")
     pubsub = redis.pubsub()
-    await pubsub.subscribe(SYSTEM_STATUS_CHANNEL)
+    await pubsub.subscribe(keyspace.channel(SYSTEM_STATUS_CHANNEL))
     try:
         assert await StatusPublisher(runtime).publish() >= 1
         message = await next_status(pubsub, runtime.health.info["detector"])
@@ -92,7 +92,7 @@ async def test_publisher_repeats_every_interval_and_stops_promptly(
     config = config.with_overrides({"gpu": {"status_interval_seconds": 0.5}})
     runtime = running_runtime(config, db, redis)
     pubsub = redis.pubsub()
-    await pubsub.subscribe(SYSTEM_STATUS_CHANNEL)
+    await pubsub.subscribe(runtime.keyspace.channel(SYSTEM_STATUS_CHANNEL))
     task = asyncio.create_task(StatusPublisher(runtime).run())
     try:
         first = await next_status(pubsub, runtime.health.info["detector"])
