@@ -21,7 +21,6 @@ async def connect_redis(config: RedisConfig, url: str | None = None) -> aioredis
     return client
 
 
-
 async def state_lost(client: aioredis.Redis, marker: str) -> bool:
     """True when Redis has lost its data since `marker` was last set (it restarted empty,
     was flushed, or this is its first use); sets the marker again in the same step.

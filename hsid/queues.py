@@ -450,8 +450,10 @@ async def dlq_requeue(
     requeued = 0
     for entry in entries:
         original = json.loads(entry)["original_job"]
-        # A malformed item was kept as its text: requeue that text unchanged.
-        payload = original if isinstance(original, str) else _encode_item(queue, original)
+        # A malformed item was kept as its text: requeue that text unchanged. An operator's
+        # requeue is a fresh start: deaths counted before it no longer condemn the job.
+        payload = original if isinstance(original, str) else _encode_item(
+            queue, {k: v for k, v in original.items() if k != CRASH_COUNT})
         requeued += await script(keys=[key, keyspace.queue(queue)], args=[entry, payload])
     log.info("dlq_requeued", queue=queue, index=index, count=requeued)
     return requeued

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -272,6 +273,18 @@ async def test_requeue_one_by_index_then_all(redis: aioredis.Redis, keyspace: Ke
     assert [json.loads(r) for r in await redis.lrange(keyspace.queue(DETECTION_QUEUE), 0, -1)] == [
         image(1), image(0), image(2)]
     assert await dlq_counts(redis, keyspace) == {DETECTION_QUEUE: 0, ANALYSIS_QUEUE: 0}
+
+
+async def test_requeued_poison_job_starts_afresh(redis: aioredis.Redis, keyspace: Keyspace) -> None:
+    queue = detection_queue(redis, keyspace)
+    await queue.push({**image(7), "crash_count": 2})
+    job = await queue.take(1)
+    assert job is not None
+    now = datetime.now(UTC)
+    await queue.dead_letter(job, "crashed the daemon twice", 1, now, now)
+
+    assert await dlq_requeue(redis, keyspace, DETECTION_QUEUE) == 1
+    assert [json.loads(r) for r in await redis.lrange(queue.key, 0, -1)] == [image(7)]
 
 
 async def test_requeue_rejects_bad_index_and_unknown_queue(
