@@ -5,7 +5,8 @@
 --   * Applied by hsid.db.apply_schema at every start-up and by `hsid init-db`, in one
 --     transaction under an advisory lock. It is idempotent: only CREATE TABLE IF NOT
 --     EXISTS and CREATE INDEX IF NOT EXISTS, every constraint declared inside its
---     CREATE TABLE, no DROP, no ALTER. Applying it twice changes nothing.
+--     CREATE TABLE, no DROP, and no ALTER but ADD COLUMN IF NOT EXISTS for a column hsid
+--     added later, so an older install gains it. Applying it twice changes nothing.
 --   * Column names, nullability and defaults are the reference's, exactly. Types:
 --     STRING(n) -> varchar(n), STRING -> varchar, INTEGER -> integer, FLOAT -> double
 --     precision, DATETIME -> timestamptz (PostgreSQL keeps UTC; hsid writes UTC),
@@ -57,6 +58,7 @@ CREATE TABLE IF NOT EXISTS detections (
     bbox_width      integer,
     bbox_height     integer,
     thumbnail_path  varchar,
+    captured_at     timestamptz,    -- hsid's extension: when the snapshot was taken
     CONSTRAINT detections_pkey PRIMARY KEY (id),
     CONSTRAINT fk_detections_camera_id FOREIGN KEY (camera_id)
         REFERENCES cameras (id) ON DELETE CASCADE,
@@ -70,6 +72,43 @@ CREATE INDEX IF NOT EXISTS idx_detections_camera_time ON detections (camera_id, 
 CREATE INDEX IF NOT EXISTS idx_detections_file_path ON detections (file_path);
 -- hsid: the API's object_type filter, newest first.
 CREATE INDEX IF NOT EXISTS idx_detections_object_type ON detections (object_type, detected_at DESC);
+-- hsid's extension: captured_at is when the snapshot was taken (EXIF, its name, else its
+-- mtime; hsid/pipeline/capture_time.py), NULL for rows stored before hsid read it.
+-- detected_at stays the processing time, as the reference says. Installs older than the
+-- column gain it here.
+ALTER TABLE detections ADD COLUMN IF NOT EXISTS captured_at timestamptz;
+-- hsid: baselines and events reason about when a detection happened: its capture time, else
+-- its detection time.
+CREATE INDEX IF NOT EXISTS idx_detections_camera_happened
+    ON detections (camera_id, (coalesce(captured_at, detected_at)));
+
+
+-- snapshots (hsid's extension of the reference): every upload dealt with, known by its
+-- content, so none is processed twice (restarts, re-used file names) and a dead-lettered
+-- one is not waited on again (hsid/pipeline/snapshots.py). One row per content and path:
+-- empty files share a hash, yet each is dead-lettered under its own name.
+CREATE TABLE IF NOT EXISTS snapshots (
+    sha256          varchar(64)     NOT NULL,
+    file_path       varchar         NOT NULL,   -- where it arrived
+    camera_id       varchar         NOT NULL,
+    image_path      varchar         NOT NULL,   -- the bytes analysed: file_path, or hsid's copy
+    size            bigint          NOT NULL,
+    mtime_ns        bigint          NOT NULL,
+    detection_ids   integer[]       NOT NULL DEFAULT '{}',
+    outcome         varchar         NOT NULL,
+    reason          text,                       -- why it was dead-lettered
+    taken_at        timestamptz     NOT NULL DEFAULT now(),
+    CONSTRAINT snapshots_pkey PRIMARY KEY (sha256, file_path),
+    CONSTRAINT fk_snapshots_camera_id FOREIGN KEY (camera_id)
+        REFERENCES cameras (id) ON DELETE CASCADE,
+    CONSTRAINT ck_snapshots_outcome CHECK (outcome IN ('processed', 'dead_lettered'))
+);
+-- hsid: restarts look files up by path; copies are decided per path and per camera.
+CREATE INDEX IF NOT EXISTS idx_snapshots_file_path ON snapshots (file_path);
+CREATE INDEX IF NOT EXISTS idx_snapshots_camera_copies ON snapshots (camera_id)
+    WHERE image_path <> file_path;
+-- hsid: the daily cleanup deletes rows (and copies) past retention.
+CREATE INDEX IF NOT EXISTS idx_snapshots_taken_at ON snapshots (taken_at);
 
 
 -- events: one analysed batch of a camera's detections with the LLM's (or the rule-based

@@ -6,6 +6,7 @@ import os
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -76,6 +77,31 @@ async def check_camera_root(config: Config) -> CheckResult:
                            "give the hsid user read access to the camera folders")
     cameras = sum(1 for p in root.iterdir() if p.is_dir() and not p.is_symlink())
     return CheckResult("camera_root", True, f"{root} readable, {cameras} camera folder(s)")
+
+
+async def check_watch(config: Config) -> CheckResult:
+    """How the watcher will follow the camera root: inotify, or polling and why."""
+    from hsid.pipeline.filesystems import watch_mode
+
+    mode = watch_mode(config.paths.camera_root, config.watcher.polling)
+    if mode.polling:
+        every = config.watcher.poll_interval_seconds
+        return CheckResult("watch", True, f"polling every {every:g} s: {mode.reason}")
+    return CheckResult("watch", True, f"inotify: {mode.reason} (watcher.polling = "
+                       f"{str(config.watcher.polling).lower()})")
+
+
+async def check_site_time(config: Config) -> CheckResult:
+    """The time zone hsid reasons in (night and day, schedules, baselines, cleanup) and
+    the local time there now, so a wrong zone shows at a glance."""
+    from hsid.config import site_zone, zone_name
+
+    zone = site_zone(config.site)
+    where = ("site.timezone" if config.site.timezone
+             else "the system's; set site.timezone to the house's if it differs")
+    now = datetime.now(zone)
+    return CheckResult("time", True, f"zone {zone_name(zone)} ({where}), local time now "
+                       f"{now:%a %Y-%m-%d %H:%M} (UTC{now:%z})")
 
 
 async def check_state_dir(config: Config) -> CheckResult:
@@ -176,8 +202,8 @@ async def _enabled_rule_channels(config: Config) -> list[tuple[str, list[str] | 
 
 
 CHECKS: tuple[Check, ...] = (
-    check_database, check_redis, check_camera_root, check_state_dir,
-    check_models, check_providers, check_gpu, check_alerts,
+    check_database, check_redis, check_camera_root, check_watch, check_site_time,
+    check_state_dir, check_models, check_providers, check_gpu, check_alerts,
 )
 
 

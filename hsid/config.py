@@ -1,12 +1,15 @@
 """Configuration: config.toml plus environment overrides, validated once into frozen sections.
 
 Precedence, lowest first: built-in defaults, the TOML file, the reference's plain
-environment names (DATABASE_URL, REDIS_URL, ...), then `HSID_<SECTION>__<KEY>`.
+environment names (DATABASE_URL, REDIS_URL, ...) and watchfiles' WATCHFILES_FORCE_POLLING,
+then `HSID_<SECTION>__<KEY>`.
 Every error names the key and the value, so start-up stops with one clear line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import re
@@ -15,8 +18,10 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, tzinfo
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from hsid.errors import ConfigError
 
@@ -39,6 +44,23 @@ COCO_DEFAULT_CLASSES = (
 )
 
 LOG_LEVEL_PATTERN = r"(?i)debug|info|warning|error|critical"
+
+# Names uploads use while in progress (watcher.temp_patterns; globs, case-insensitive):
+# - leading dot: ProFTPD's HiddenStores (`.in.snap.jpg.`), Pure-FTPd (`.pureftpd-upload.*`),
+#   rsync (`.snap.jpg.XXXXXX`);
+# - `.part`, `.filepart` (WinSCP), `.tmp`: client and server partial-upload suffixes, `.tmp`
+#   also the `snap.jpg.tmp` style of camera firmwares that rename when done;
+# - `*_tmp.*`: the "FTP rename" option of Edimax/Intellinet-style cameras, which upload
+#   `camera_tmp.jpg` and rename it onto `camera.jpg` (Intellinet user manual, FTP FAQ 9).
+DEFAULT_TEMP_PATTERNS = (".*", "*.part", "*.filepart", "*.tmp", "*_tmp.*")
+
+# WATCHFILES_FORCE_POLLING, watchfiles' own switch, sets watcher.polling: any value but these
+# (and empty) means true, as watchfiles reads it.
+WATCHFILES_POLLING_OFF = frozenset({"false", "disable", "disabled"})
+
+# Where the system's time zone is read when site.timezone is empty and TZ is not set.
+LOCALTIME = "/etc/localtime"
+TIMEZONE_FILE = "/etc/timezone"  # Debian's plain-text zone name
 
 
 def _range(lo: float | None = None, hi: float | None = None, **kw: Any) -> Any:
@@ -102,9 +124,22 @@ class QueueConfig:
 class WatcherConfig:
     settle_seconds: float = _range(0.0, 600, default=1.0)
     jpeg_settle_seconds: float = _range(0.0, 600, default=0.25)
-    give_up_seconds: float = _range(1.0, 86_400, default=600.0)
+    stall_seconds: float = _range(0.0, 86_400, default=30.0)  # then taken as it is
     startup_lookback_hours: float = _range(0.0, 24 * 365, default=24.0)
     offline_after_minutes: float = _range(0.0, 525_600, default=0.0)
+    # Where a file's camera comes from (pipeline/layout.py): a regex whose `camera` group,
+    # searched in the file's path under the root, names it; then the top-level folder; a
+    # file straight in the root belongs to `root_camera`.
+    camera_pattern: str = field(default="", metadata={"regex_group": "camera"})
+    root_camera: str = _pattern(r"(?=.*\S)[^/\x00]{1,64}", "a camera name of 1 to 64 "
+                                "characters, without /", default="unsorted")
+    temp_patterns: tuple[str, ...] = DEFAULT_TEMP_PATTERNS
+    # "auto": poll where inotify misses changes (network and overlay file systems).
+    polling: bool | Literal["auto"] = "auto"
+    poll_interval_seconds: float = _range(0.05, 3600, default=1.0)
+    # A capture time (pipeline/capture_time.py) older than this before the snapshot arrived,
+    # or later than its arrival, is not believed: the arrival time is used. 0: always.
+    max_backlog_hours: float = _range(0.0, 24 * 365, default=72.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +180,9 @@ class BatchConfig:
     fast_path_enabled: bool = True
     fast_path_classes: tuple[str, ...] = ("person",)
     fast_path_confidence: float = _range(0.0, 1.0, default=0.90)
+    # A snapshot captured this long before it arrived is a backlog (an upload after an
+    # outage): batched with the rest of its backlog by capture time, never with live ones.
+    backlog_seconds: float = _range(1.0, 86_400, default=300.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +211,14 @@ class SceneConfig:
     enabled: bool = True  # watch each camera's view for tamper (covered, blinded, turned)
 
 
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    # The house's time zone, an IANA name ("America/Los_Angeles"): night and day, the
+    # prompt's local time, alert schedules without a zone of their own, baseline hours and
+    # the daily cleanup time. Empty: the system's zone (site_zone).
+    timezone: str = field(default="", metadata={"timezone": True})
+
+
 ALERT_CHANNELS = ("log", "webhook", "mqtt")
 
 
@@ -193,6 +239,7 @@ class AlertsConfig:
 @dataclass(frozen=True, slots=True)
 class Config:
     paths: PathsConfig = PathsConfig()
+    site: SiteConfig = SiteConfig()
     database: DatabaseConfig = DatabaseConfig()
     redis: RedisConfig = RedisConfig()
     api: ApiConfig = ApiConfig()
@@ -240,6 +287,9 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
     for name, (section, key) in REFERENCE_ENV_NAMES.items():
         if name in environ:
             overrides.setdefault(section, {})[key] = environ[name]
+    if force_polling := environ.get("WATCHFILES_FORCE_POLLING", "").strip():
+        off = force_polling.lower() in WATCHFILES_POLLING_OFF
+        overrides.setdefault("watcher", {})["polling"] = "false" if off else "true"
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
@@ -284,6 +334,14 @@ def _coerce(dotted: str, value: Any, hint: Any) -> Any:
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"config key {dotted} = {value!r}: expected {expected}")
 
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # bool | Literal["auto"]
+        words = [word for arg in typing.get_args(hint) for word in typing.get_args(arg)]
+        if isinstance(value, str) and value.strip().lower() in words:
+            return value.strip().lower()
+        if isinstance(value, bool) or from_env:
+            with contextlib.suppress(ConfigError):
+                return _coerce(dotted, value, bool)
+        raise bad("true, false or " + " or ".join(repr(word) for word in words))
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -340,6 +398,18 @@ def _check_field(dotted: str, value: Any, metadata: Mapping[str, Any]) -> None:
         raise ConfigError(f"config key {dotted} = {value!r}: must be between {lo} and {hi}")
     if (pattern := metadata.get("pattern")) and not re.fullmatch(pattern, value):
         raise ConfigError(f"config key {dotted} = {value!r}: expected {metadata['hint']}")
+    if metadata.get("timezone") and value and _zone(value) is None:
+        raise ConfigError(f"config key {dotted} = {value!r}: expected an IANA time zone "
+                          "name such as Europe/Berlin (or empty for the system's zone)")
+    if (group := metadata.get("regex_group")) and value:
+        try:
+            compiled = re.compile(value)
+        except re.error as err:
+            raise ConfigError(
+                f"config key {dotted} = {value!r}: not a regular expression ({err})") from err
+        if group not in compiled.groupindex:
+            raise ConfigError(
+                f"config key {dotted} = {value!r}: needs a named group (?P<{group}>...)")
 
 
 def _check_cross_field(config: Config) -> None:
@@ -365,6 +435,64 @@ def _check_cross_field(config: Config) -> None:
             f"config key alerts.mqtt_url = {_redact_url(url)!r}: "
             "expected mqtt://[user:password@]host[:port] (or mqtts://)"
         )
+
+
+def site_zone(site: SiteConfig, environ: Mapping[str, str] | None = None) -> tzinfo:
+    """The house's time zone: `site.timezone`, else the system's (the TZ variable, else
+    /etc/localtime), else UTC. A zone with its rules (DST included), never a fixed offset
+    unless the system's zone can be read no other way."""
+    environ = os.environ if environ is None else environ
+    return _site_zone(site.timezone, environ.get("TZ"))
+
+
+def zone_name(zone: tzinfo) -> str:
+    """How a zone is shown: its IANA key ("Europe/Berlin"), else its name."""
+    return getattr(zone, "key", None) or str(zone)
+
+
+@functools.lru_cache(maxsize=8)
+def _site_zone(name: str, tz_variable: str | None) -> tzinfo:
+    if name:
+        zone = _zone(name)
+        if zone is None:  # validated at load; only a tz database removed since gets here
+            raise ConfigError(f"config key site.timezone = {name!r}: time zone not found")
+        return zone
+    return _system_zone(tz_variable)
+
+
+def _zone(name: str) -> ZoneInfo | None:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None
+
+
+def _system_zone(tz_variable: str | None) -> tzinfo:
+    """TZ (":Europe/Berlin", "Europe/Berlin" or a file), else the zone /etc/localtime links
+    to, else /etc/timezone, else the rules in /etc/localtime itself. A TZ holding POSIX rules
+    ("CET-1CEST,M3.5.0,M10.5.0/3") is no zone name: today's offset is the best left then."""
+    if tz_variable:
+        name = tz_variable.removeprefix(":")
+        if os.path.isabs(name):
+            return _zone_file(name) or ZoneInfo("UTC")
+        return _zone(name) or datetime.now().astimezone().tzinfo or ZoneInfo("UTC")
+    zone = _zone_file(LOCALTIME)
+    if zone is not None and zone_name(zone) != LOCALTIME:
+        return zone
+    with contextlib.suppress(OSError):
+        zone = _zone(Path(TIMEZONE_FILE).read_text(encoding="utf-8").strip()) or zone
+    return zone or ZoneInfo("UTC")
+
+
+def _zone_file(path: str) -> ZoneInfo | None:
+    """The zone a tz file is (by its name under a zoneinfo folder, when it is linked into
+    one), or the rules it holds under the file's own name."""
+    target = os.path.realpath(path)
+    if "/zoneinfo/" in target and (zone := _zone(target.split("/zoneinfo/", 1)[1])):
+        return zone
+    with contextlib.suppress(OSError, ValueError), open(path, "rb") as file:
+        return ZoneInfo.from_file(file, key=path)
+    return None
 
 
 def redacted(config: Config) -> dict[str, dict[str, Any]]:

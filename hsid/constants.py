@@ -19,6 +19,11 @@ BATCH_CAMERA = "batch:{batch_id}:camera_id"
 BATCH_DETECTIONS = "batch:{batch_id}:detections"
 BATCH_STARTED_AT = "batch:{batch_id}:started_at"
 BATCH_LAST_ACTIVITY = "batch:{batch_id}:last_activity"
+# hsid's extension for backlogs (snapshots taken well before they arrived): a camera's open
+# backlog batch, beside its live `current` one, and a batch's capture-time span, JSON
+# [first, last] in epoch seconds. Backlogs are cut by capture time, not by the clock.
+BATCH_BACKLOG = "batch:{camera_id}:backlog"
+BATCH_CAPTURED = "batch:{batch_id}:captured"
 
 # --- Poison jobs -----------------------------------------------------------------------------
 # A queue item that was in flight this many times when the daemon died is taken to be what

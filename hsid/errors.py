@@ -4,9 +4,10 @@ import asyncpg
 import redis.asyncio as aioredis
 
 # What the stores' libraries raise when PostgreSQL or Redis is down or gone: background
-# services catch these, log, and try again on their next round.
+# services catch these, log, and try again on their next round. asyncpg raises its
+# InternalClientError ("cannot switch to state ...") on a connection killed mid-query.
 STORE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                aioredis.RedisError)
+                asyncpg.exceptions.InternalClientError, aioredis.RedisError)
 
 
 class HsidError(Exception):

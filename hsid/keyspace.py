@@ -11,6 +11,7 @@ from hsid.config import RedisConfig
 # SCAN patterns are globs: a prefix is matched literally, whatever characters it holds.
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 _CURRENT_HEAD, _CURRENT_TAIL = constants.BATCH_CURRENT.split("{camera_id}")
+_BACKLOG_HEAD, _BACKLOG_TAIL = constants.BATCH_BACKLOG.split("{camera_id}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +60,18 @@ class Keyspace:
     def batch_current(self, camera_id: str) -> str:
         return self.prefix + constants.BATCH_CURRENT.format(camera_id=camera_id)
 
-    def batch(self, camera_id: str, batch_id: str) -> list[str]:
-        """current, camera_id, detections, started_at, last_activity: a batch's keys, in
-        the order the batcher's close script takes them."""
+    def batch_backlog(self, camera_id: str) -> str:
+        """The camera's open backlog batch (hsid's extension, see constants)."""
+        return self.prefix + constants.BATCH_BACKLOG.format(camera_id=camera_id)
+
+    def batch_captured(self, batch_id: str) -> str:
+        return self.prefix + constants.BATCH_CAPTURED.format(batch_id=batch_id)
+
+    def batch(self, camera_id: str, batch_id: str, backlog: bool = False) -> list[str]:
+        """current (or backlog), camera_id, detections, started_at, last_activity: a
+        batch's keys, in the order the batcher's close script takes them."""
         return [
-            self.batch_current(camera_id),
+            self.batch_backlog(camera_id) if backlog else self.batch_current(camera_id),
             *(self.prefix + name.format(batch_id=batch_id) for name in (
                 constants.BATCH_CAMERA, constants.BATCH_DETECTIONS,
                 constants.BATCH_STARTED_AT, constants.BATCH_LAST_ACTIVITY)),
@@ -75,10 +83,13 @@ class Keyspace:
         names them from a batch id it reads inside Redis."""
         return self.prefix + constants.BATCH_CAMERA.split("{batch_id}")[0]
 
-    def batch_current_pattern(self) -> str:
-        """A SCAN pattern matching every camera's current-batch key of this install only."""
-        return _GLOB_SPECIAL.sub(r"\\\1", self.prefix + _CURRENT_HEAD) + "*" + _CURRENT_TAIL
+    def batch_current_pattern(self, backlog: bool = False) -> str:
+        """A SCAN pattern matching every camera's current-batch (or backlog-batch) key of
+        this install only."""
+        head, tail = (_BACKLOG_HEAD, _BACKLOG_TAIL) if backlog else (_CURRENT_HEAD, _CURRENT_TAIL)
+        return _GLOB_SPECIAL.sub(r"\\\1", self.prefix + head) + "*" + tail
 
-    def camera_of_batch_current(self, key: str) -> str:
-        """The camera id in a key that batch_current_pattern() matched."""
-        return key[len(self.prefix) + len(_CURRENT_HEAD) : len(key) - len(_CURRENT_TAIL)]
+    def camera_of_batch_current(self, key: str, backlog: bool = False) -> str:
+        """The camera id in a key that batch_current_pattern(backlog) matched."""
+        head, tail = (_BACKLOG_HEAD, _BACKLOG_TAIL) if backlog else (_CURRENT_HEAD, _CURRENT_TAIL)
+        return key[len(self.prefix) + len(head) : len(key) - len(tail)]

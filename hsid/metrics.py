@@ -21,6 +21,11 @@ IMAGES_DEDUPLICATED = Counter(
 IMAGES_REJECTED = Counter(
     "hsid_images_rejected", "Images refused (bad file, symlink, too large, ...)", ["camera"],
     registry=REGISTRY)
+# Reasons: not_an_image, temporary_name, hidden_folder (pipeline/layout.py), and the refusals
+# symlink, outside_camera_root, symlinked_camera_folder, unreadable (pipeline/cameras.py).
+FILES_IGNORED = Counter(
+    "hsid_files_ignored", "Files under the camera root that hsid did not take, by reason "
+    "(each time one appears)", ["reason"], registry=REGISTRY)
 IMAGES_PROCESSED = Counter(
     "hsid_images_processed", "Images through detection and stored", ["camera"],
     registry=REGISTRY)
@@ -33,9 +38,10 @@ LLM_FALLBACKS = Counter(
 ALERT_DELIVERIES = Counter(
     "hsid_alert_deliveries", "Alert channel delivery attempts by outcome (delivered, retrying, "
     "failed)", ["channel", "outcome"], registry=REGISTRY)
-THUMBNAILS_NOT_WRITTEN = Counter(
-    "hsid_thumbnails_not_written", "Detections stored without a thumbnail because the state "
-    "dir was full (the rows are kept, thumbnail_path NULL)", registry=REGISTRY)
+STATE_FILES_NOT_WRITTEN = Counter(
+    "hsid_state_files_not_written", "Files not written because the state dir was full, by "
+    "kind: thumbnails (the detection is stored, thumbnail_path NULL) or snapshot_copies (the "
+    "upload is analysed where it arrived)", ["kind"], registry=REGISTRY)
 DB_LOG_DROPPED = Counter(
     "hsid_db_log_records_dropped", "Log records not written to the logs table", registry=REGISTRY)
 

@@ -109,6 +109,7 @@ async def _analyze(runtime: Runtime) -> Stages:
 
 
 async def _services(runtime: Runtime) -> Stages:
+    from hsid.config import site_zone
     from hsid.services.baselines import BaselineService
     from hsid.services.cleanup import CleanupService
     from hsid.services.gpu import GpuMonitor
@@ -117,6 +118,7 @@ async def _services(runtime: Runtime) -> Stages:
 
     config, pool, redis = runtime.config, runtime.require_pool(), runtime.require_redis()
     keyspace = runtime.keyspace
+    zone = site_zone(config.site)
 
     def inference_fps() -> float | None:
         return runtime.detector.inference_fps if runtime.detector is not None else None
@@ -126,9 +128,10 @@ async def _services(runtime: Runtime) -> Stages:
                                            runtime.stopping)),
         ("status_publisher", lambda: StatusPublisher(runtime)),
         ("cleanup", lambda: CleanupService(config.retention, config.paths, pool, redis,
-                                           runtime.stopping, keyspace=keyspace)),
+                                           runtime.stopping, keyspace=keyspace, zone=zone)),
         ("notifier", lambda: Notifier(config.alerts, pool, redis, runtime.stopping,
                                       keyspace=keyspace)),
     ] + ([("baselines", lambda: BaselineService(config.baselines, pool, redis,
-                                                runtime.stopping, keyspace=keyspace))]
+                                                runtime.stopping, keyspace=keyspace,
+                                                zone=zone))]
          if config.baselines.enabled else [])

@@ -120,7 +120,7 @@ def keyspace(redis_prefix: str) -> Keyspace:
 TABLES = (
     "alerts", "alert_rules", "zones", "activity_baselines", "class_baselines", "audit_logs",
     "entities", "prompt_versions", "prompt_configs", "scene_changes", "user_calibrations",
-    "gpu_stats", "logs", "api_keys", "detections", "events", "cameras",
+    "gpu_stats", "logs", "api_keys", "snapshots", "detections", "events", "cameras",
 )
 
 
@@ -190,6 +190,27 @@ def camera_root(tmp_path: Path) -> Path:
     path = tmp_path / "cameras"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def overlay_root(tmp_path: Path) -> Iterator[Path]:
+    """An empty folder on an overlayfs this test mounts (its lower, upper and work folders in
+    tmp_path), unmounted afterwards; skipped, saying why, where mounting is not permitted
+    (not root, no overlay support, a container without CAP_SYS_ADMIN)."""
+    layers = {name: tmp_path / "overlay" / name for name in ("lower", "upper", "work", "merged")}
+    for path in layers.values():
+        path.mkdir(parents=True)
+    if (mount := shutil.which("mount")) is None:
+        pytest.skip("cannot mount an overlay: no mount command")
+    options = f"lowerdir={layers['lower']},upperdir={layers['upper']},workdir={layers['work']}"
+    mounted = subprocess.run([mount, "-t", "overlay", "overlay", "-o", options,
+                              str(layers["merged"])], capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting an overlay is not permitted here: {mounted.stderr.strip()}")
+    try:
+        yield layers["merged"]
+    finally:
+        subprocess.run(["umount", "--lazy", str(layers["merged"])], check=False)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import random
 import re
 import traceback
@@ -21,7 +22,9 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.fault_lab import Figures, Lab, LabError, Models, Say, Skipped, stop_timeout_seconds
+from tests.fault_daemon import LabError, Say, stop_timeout_seconds
+from tests.fault_lab import Lab, Models, Skipped
+from tests.fault_stores import Figures
 
 KILL_POINTS = ("detection", "batch", "analysis")
 # How long a kill waits for its point (an image in detection, an open batch, an analysis in
@@ -96,7 +99,7 @@ class Outcome:
             return []
         f = self.figures
         if f is None:
-            return [*self.failures, "no figures"] if self.failures else ["no figures"]
+            return [*self.failures, "no figures"]
         counted = [(f.lost_images, "images never stored"), (f.unanalysed, "detections in no event"),
                    (f.stored_twice, "images stored twice"),
                    (f.in_several_events, "detections in more than one event"),
@@ -165,20 +168,26 @@ async def redis_down(lab: Lab, plan: Plan, out: Outcome) -> None:
 
 
 def _fill(path: Path) -> int:
-    """Blocking: grow `path` until the file system has no byte left; bytes added."""
+    """Blocking: grow `path` until the file system has no byte left; bytes added.
+
+    Unbuffered, so that nothing is left half-written for a close to fail on."""
     added = 0
-    with path.open("ab") as file:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
         for chunk in (1 << 20, 1 << 16, 1 << 12, 1 << 9, 1):
-            try:
-                while True:
-                    file.write(b"\0" * chunk)
-                    file.flush()
-                    added += chunk
-            except OSError as err:
-                if err.errno != errno.ENOSPC:
-                    raise
-                file.seek(0, 2)
-                file.truncate(file.tell())  # what a failed write may have left half-done
+            block = bytes(chunk)
+            while True:
+                try:
+                    written = os.write(fd, block)
+                except OSError as err:
+                    if err.errno != errno.ENOSPC:
+                        raise
+                    break
+                added += written
+                if written < chunk:
+                    break
+    finally:
+        os.close(fd)
     return added
 
 
@@ -236,7 +245,7 @@ async def sigterm(lab: Lab, plan: Plan, out: Outcome) -> None:
     assert lab.daemon is not None
     _, jobs = await lab.wait_for_point("job", set(), POINT_WAIT_SECONDS)
     code, seconds = await lab.daemon.terminate(limit)
-    left = await lab.stores.in_flight("detection") | await lab.stores.in_flight("analysis")
+    left = await lab.stores.in_flight_jobs()
     lab.say(f"  {lab.elapsed():6.1f}s SIGTERM with {len(jobs)} jobs in flight: status {code} "
             f"after {seconds:.1f} s, {len(left)} left in processing lists")
     out.notes.append(f"SIGTERM with {len(jobs)} jobs in flight: exit status {code} after "
@@ -267,8 +276,8 @@ async def poison_analysis(lab: Lab, plan: Plan, out: Outcome) -> None:
         if not point_ids:
             break
         tried |= point_ids
-        if await _kill_twice_on(lab, sorted(point_ids)[0]):
-            poisoned = sorted(point_ids)[0]
+        if await _kill_twice_on(lab, batch_id := min(point_ids)):
+            poisoned = batch_id
             break
     if poisoned is None:
         out.failures.append(f"harness: could not kill twice with one analysis job in flight "
@@ -279,24 +288,36 @@ async def poison_analysis(lab: Lab, plan: Plan, out: Outcome) -> None:
 
 
 async def _kill_twice_on(lab: Lab, batch_id: str) -> bool:
-    """Kill now with `batch_id` in flight, start, kill again when it is in flight again,
-    start; False (daemon running) when it finished before one of the kills."""
+    """Kill now with `batch_id` in flight, start, kill again as soon as the new process has
+    taken it again, start; False (daemon running) when it finished before either kill."""
     assert lab.daemon is not None
-    for number in (1, 2):
-        await lab.daemon.kill9()
-        hit = batch_id in await lab.stores.in_flight("analysis")
-        lab.say(f"  {lab.elapsed():6.1f}s kill -9 #{number} with analysis job {batch_id[:8]} "
-                + ("in flight" if hit else "already finished"))
-        if not hit:
-            await lab.daemon.start()
-            return False
+    await lab.daemon.kill9()
+    if not await _still_in_flight(lab, batch_id, 1):
+        await lab.daemon.start()
+        return False
+    async with lab.stores.takes("analysis") as takes:
         # Not waiting for health: the recovered job is taken first, within milliseconds.
-        await lab.daemon.start(wait_ready=number == 2)
-        if number == 1 and not await lab.wait_for_job(batch_id, POINT_WAIT_SECONDS):
-            lab.say(f"  {lab.elapsed():6.1f}s job {batch_id[:8]} not in flight again")
-            await lab.daemon.start()
+        await lab.daemon.start(wait_ready=False)
+        deadline = asyncio.get_running_loop().time() + POINT_WAIT_SECONDS
+        while await takes.next_take(deadline - asyncio.get_running_loop().time()):
+            if batch_id in await lab.stores.in_flight("analysis"):
+                await lab.daemon.kill9()
+                break
+        else:
+            lab.say(f"  {lab.elapsed():6.1f}s job {batch_id[:8]} not taken again")
             return False
+    if not await _still_in_flight(lab, batch_id, 2):
+        await lab.daemon.start()
+        return False
+    await lab.daemon.start()
     return True
+
+
+async def _still_in_flight(lab: Lab, batch_id: str, number: int) -> bool:
+    hit = batch_id in await lab.stores.in_flight("analysis")
+    lab.say(f"  {lab.elapsed():6.1f}s kill -9 #{number} with analysis job {batch_id[:8]} "
+            + ("in flight" if hit else "already finished"))
+    return hit
 
 
 async def _check_rule_scored(lab: Lab, out: Outcome, batch_id: str) -> None:
@@ -369,6 +390,7 @@ async def run_scenario(scenario: Scenario, plan: Plan, models: Models, say: Say,
                 out.figures = await lab.stores.figures(lab.sent)
             finally:
                 reporter.cancel()
+                _read_logs(lab, out)  # before the lab removes them
             lab.keep = keep_failed and not out.clean
     except Skipped as err:
         out.skipped = str(err)
@@ -377,13 +399,17 @@ async def run_scenario(scenario: Scenario, plan: Plan, models: Models, say: Say,
     except Exception as err:  # a harness fault must still leave a row, and say where it was
         out.failures.append(f"harness error: {type(err).__name__}: {err}")
         say(traceback.format_exc())
-    if lab.daemon is not None:
+    if lab.daemon is not None:  # counted after the lab's last stop, which may fail too
         out.exits = len(lab.daemon.unexpected)
         out.notes += [f"unexpected exit: {why}" for why in lab.daemon.unexpected]
         if lab.daemon.broken:
             out.failures.append(f"daemon could not be restarted: {lab.daemon.broken}")
+    say(out.explain())
+    return out
+
+
+def _read_logs(lab: Lab, out: Outcome) -> None:
+    if lab.daemon is not None:
         out.log_summary = lab.daemon.log_summary()
         out.log_excerpt = "\n".join(line for line in lab.daemon.output().splitlines()
                                     if _LOG_PROBLEM.search(line))[-6000:]
-    say(out.explain())
-    return out

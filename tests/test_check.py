@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -37,10 +40,34 @@ def test_check_passes_on_a_good_configuration(
     result = run_check(base_env(tmp_path, database_url, redis_url))
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    for name in ("config", "database", "redis", "camera_root", "state_dir", "models",
-                 "onnxruntime", "gpu", "alerts"):
+    for name in ("config", "database", "redis", "camera_root", "watch", "time", "state_dir",
+                 "models", "onnxruntime", "gpu", "alerts"):
         assert any(line.startswith("OK") and f" {name}:" in line for line in lines), name
     assert "1 camera folder" in result.stdout
+
+
+def watch_line(result: subprocess.CompletedProcess[str]) -> str:
+    [line] = [line for line in result.stdout.splitlines() if " watch:" in line]
+    return line
+
+
+def test_check_says_how_the_camera_root_is_watched(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    env = base_env(tmp_path, database_url, redis_url)
+    assert watch_line(run_check(env)).startswith("OK   watch: inotify: the camera root is on")
+    forced = watch_line(run_check(env | {"WATCHFILES_FORCE_POLLING": "1"}))
+    assert forced == "OK   watch: polling every 1 s: watcher.polling = true"
+
+
+def test_check_says_an_overlay_camera_root_is_polled(
+    tmp_path: Path, database_url: str, redis_url: str, overlay_root: Path
+) -> None:
+    env = base_env(tmp_path, database_url, redis_url) | {
+        "HSID_PATHS__CAMERA_ROOT": str(overlay_root),
+        "HSID_WATCHER__POLL_INTERVAL_SECONDS": "2.5"}
+    line = watch_line(run_check(env))
+    assert line.startswith("OK   watch: polling every 2.5 s: the camera root is on overlayfs")
 
 
 def test_check_fails_and_says_how_to_fix_each_problem(
@@ -86,3 +113,21 @@ async def test_check_names_alert_channels_without_a_url(
     assert line.startswith("FAIL")
     assert "alerts.default_channels (webhook)" in line and "rule 'Night' (mqtt)" in line
     assert "'Off'" not in line and "(log)" not in line
+
+
+def test_check_shows_the_site_time_zone_and_the_local_time_there(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    env = base_env(tmp_path, database_url, redis_url) | {"TZ": "UTC"}
+    house = run_check(env | {"HSID_SITE__TIMEZONE": "America/Los_Angeles"})
+    [line] = [line for line in house.stdout.splitlines() if " time:" in line]
+    assert line.startswith("OK   time: zone America/Los_Angeles (site.timezone), local time now")
+    shown = re.search(r"now \w{3} (\S+ \S+) \(UTC([+-]\d{4})\)$", line)
+    assert shown is not None, line
+    local = datetime.strptime(" ".join(shown.groups()), "%Y-%m-%d %H:%M %z")
+    assert local.utcoffset() == datetime.now(ZoneInfo("America/Los_Angeles")).utcoffset()
+    assert abs(datetime.now(UTC) - local) < timedelta(minutes=2)
+    system = run_check(env | {"TZ": "Asia/Kathmandu"})
+    [line] = [line for line in system.stdout.splitlines() if " time:" in line]
+    assert "zone Asia/Kathmandu (the system's; set site.timezone" in line
+    assert line.endswith("(UTC+0545)")

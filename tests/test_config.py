@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from hsid.config import Config, load_config, redacted, systemd_environment
+from hsid.config import (
+    Config,
+    SiteConfig,
+    load_config,
+    redacted,
+    site_zone,
+    systemd_environment,
+    zone_name,
+)
 from hsid.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -102,6 +110,9 @@ def test_prefixed_name_wins_over_reference_name() -> None:
         ({"HSID_CAMERAS__ROOT": "/x"}, "[cameras]"),
         ({"RETENTION_DAYS": "0"}, "retention.days = 0"),
         ({"HSID_ANALYZER__RISK_HIGH": "20"}, "risk_medium < risk_high < risk_critical"),
+        ({"HSID_WATCHER__POLLING": "sometimes"}, "watcher.polling = 'sometimes'"),
+        ({"HSID_WATCHER__ROOT_CAMERA": "a/b"}, "watcher.root_camera = 'a/b'"),
+        ({"HSID_WATCHER__POLL_INTERVAL_SECONDS": "0"}, "watcher.poll_interval_seconds = 0"),
     ],
 )
 def test_bad_environment_values_name_the_key(environ: dict[str, str], named: str) -> None:
@@ -130,6 +141,56 @@ def test_bad_toml_names_the_key(tmp_path: Path, toml: str, named: str) -> None:
     assert named in str(info.value)
 
 
+def test_camera_keys_are_read_from_toml(tmp_path: Path) -> None:
+    path = tmp_path / "hsid.toml"
+    path.write_text('[watcher]\ncamera_pattern = \'^NVR/(?P<camera>[^/]+)/\'\n'
+                    'root_camera = "Briefkasten"\ntemp_patterns = ["*.uploading"]\n'
+                    'polling = true\npoll_interval_seconds = 5\n')
+    watcher = load_config(path, environ={}).watcher
+    assert watcher.camera_pattern == "^NVR/(?P<camera>[^/]+)/"
+    assert (watcher.root_camera, watcher.temp_patterns) == ("Briefkasten", ("*.uploading",))
+    assert (watcher.polling, watcher.poll_interval_seconds) == (True, 5.0)
+    assert load_config(None, environ={"HSID_WATCHER__POLLING": "AUTO"}).watcher.polling == "auto"
+    assert load_config(None, environ={"HSID_WATCHER__POLLING": "no"}).watcher.polling is False
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        ("(?P<camera>[^/]+", "not a regular expression"),
+        ("(?P<cam>[^/]+)_", "needs a named group (?P<camera>...)"),
+        ("([^/]+)_", "needs a named group (?P<camera>...)"),
+    ],
+)
+def test_camera_pattern_is_checked_at_load(tmp_path: Path, pattern: str, message: str) -> None:
+    path = tmp_path / "hsid.toml"
+    path.write_text(f"[watcher]\ncamera_pattern = '{pattern}'\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert f"watcher.camera_pattern = {pattern!r}" in str(info.value)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "polling"),
+    [("1", True), ("true", True), ("yes", True), ("false", False), ("Disabled", False),
+     ("", "auto")],
+)
+def test_watchfiles_force_polling_is_honoured(value: str, polling: bool | str) -> None:
+    # As watchfiles reads it: any value but false/disable/disabled turns polling on.
+    config = load_config(None, environ={"WATCHFILES_FORCE_POLLING": value})
+    assert config.watcher.polling == polling
+
+
+def test_watchfiles_force_polling_beats_toml_and_loses_to_hsid_variable(tmp_path: Path) -> None:
+    path = tmp_path / "hsid.toml"
+    path.write_text("[watcher]\npolling = false\n")
+    assert load_config(path, environ={"WATCHFILES_FORCE_POLLING": "1"}).watcher.polling is True
+    config = load_config(path, environ={"WATCHFILES_FORCE_POLLING": "1",
+                                        "HSID_WATCHER__POLLING": "auto"})
+    assert config.watcher.polling == "auto"
+
+
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml", environ={})
@@ -140,3 +201,34 @@ def test_systemd_environment_is_read() -> None:
                                "WATCHDOG_USEC": "3000000"})
     assert (env.journal, env.notify_socket, env.watchdog_usec) == (True, "/run/n", 3_000_000)
     assert systemd_environment({}).journal is False
+
+
+# --- [site] timezone -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["Mars/Olympus", "America", "../etc/passwd", "UTC+2"])
+def test_a_site_timezone_that_is_no_iana_name_stops_start_up(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "hsid.toml"
+    path.write_text(f'[site]\ntimezone = "{name}"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert f"site.timezone = {name!r}" in str(info.value)
+    assert "IANA time zone" in str(info.value)
+
+
+def test_the_site_timezone_is_the_configured_one_else_the_systems() -> None:
+    configured = load_config(None, environ={"HSID_SITE__TIMEZONE": "Asia/Kathmandu",
+                                            "TZ": "UTC"})
+    assert zone_name(site_zone(configured.site, {"TZ": "UTC"})) == "Asia/Kathmandu"
+    system = SiteConfig()
+    assert zone_name(site_zone(system, {"TZ": "America/Los_Angeles"})) == "America/Los_Angeles"
+    assert zone_name(site_zone(system, {"TZ": ":Europe/Berlin"})) == "Europe/Berlin"
+    assert zone_name(site_zone(system, {"TZ": "/usr/share/zoneinfo/Asia/Tokyo"})) == "Asia/Tokyo"
+    assert site_zone(system, {}) is not None  # /etc/localtime, else UTC
+
+
+def test_capture_time_keys_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "hsid.toml"
+    path.write_text("[watcher]\nmax_backlog_hours = 12\n[batch]\nbacklog_seconds = 600\n")
+    config = load_config(path, environ={"HSID_SITE__TIMEZONE": "Europe/Berlin"})
+    assert (config.watcher.max_backlog_hours, config.batch.backlog_seconds) == (12.0, 600.0)
+    assert config.site.timezone == "Europe/Berlin"

@@ -12,8 +12,7 @@ from hsid.constants import ANALYSIS_QUEUE, DETECTION_QUEUE
 from hsid.errors import PermanentError
 from hsid.keyspace import Keyspace
 from hsid.pipeline.batcher import Batcher, NewDetection
-from hsid.pipeline.dedupe import content_claim
-from hsid.queues import Job, ReliableQueue, dlq_counts, dlq_requeue, process_with_retries
+from hsid.queues import Claim, Job, ReliableQueue, dlq_counts, dlq_requeue, process_with_retries
 from hsid.services.locks import singleton_lock
 
 FAST = QueueConfig(max_attempts=1, retry_base_seconds=0.01)
@@ -52,7 +51,7 @@ async def test_every_key_hsid_writes_carries_the_prefix(
     image = tmp_path / "a.jpg"
     image.write_bytes(b"snapshot")
     for n in range(3):  # one dead-lettered, one left in flight, one waiting
-        claim = await content_claim(keyspace, image, 300) if n == 1 else None
+        claim = Claim(keyspace.dedupe("0" * 64), str(image), 300) if n == 1 else None
         assert await queue.push({"camera_id": "porch", "file_path": f"/x/{n}.jpg",
                                  "timestamp": "t"}, claim) is None
     job = await queue.take(1)
@@ -93,3 +92,11 @@ async def test_installs_sharing_a_database_keep_their_queues_batches_and_locks(
     async with singleton_lock(redis, a, "notify") as held_a, \
             singleton_lock(redis, b, "notify") as held_b:
         assert held_a and held_b  # one notifier per install, not one per Redis
+
+
+def test_backlog_batches_have_names_of_their_own_under_the_prefix() -> None:
+    assert Keyspace().batch("porch", "b1", backlog=True)[0] == "batch:porch:backlog"
+    assert Keyspace().batch_captured("b1") == "batch:b1:captured"
+    keys = Keyspace("site[1]*:")
+    assert keys.batch_current_pattern(backlog=True) == r"site\[1\]\*:batch:*:backlog"
+    assert keys.camera_of_batch_current(keys.batch_backlog("cam:1"), backlog=True) == "cam:1"

@@ -20,6 +20,7 @@ from hsid.dlq_cli import dlq_command
 from hsid.errors import InvalidInput, NotFound, PermanentError, TransientError
 from hsid.keyspace import Keyspace
 from hsid.queues import (
+    Claim,
     Job,
     ReliableQueue,
     consume,
@@ -409,3 +410,63 @@ async def test_dlq_command_lists_requeues_and_clears(
     assert await redis.llen(keyspace.queue(DETECTION_QUEUE)) == 2
     with pytest.raises(InvalidInput):
         await dlq_command(config, "clear", None, None, io.StringIO())
+
+
+# --- Pushes with a claim (the watcher's dedupe) ------------------------------------------------
+
+
+def claim_of(keyspace: Keyspace, content: str, holder: str) -> Claim:
+    return Claim(keyspace.dedupe(content), holder, 300)
+
+
+async def test_push_takes_its_claim_with_path_and_ttl(
+    redis: aioredis.Redis, keyspace: Keyspace,
+) -> None:
+    queue = detection_queue(redis, keyspace)
+    claim = claim_of(keyspace, "a" * 64, "/cams/front_door/1.jpg")
+
+    assert await queue.push(image(1), claim) is None
+
+    assert await redis.get(claim.key) == b"/cams/front_door/1.jpg"
+    assert 0 < await redis.ttl(claim.key) <= 300
+    assert await queue.length() == 1
+
+
+async def test_push_under_a_held_claim_is_a_duplicate_and_not_queued(
+    redis: aioredis.Redis, keyspace: Keyspace,
+) -> None:
+    queue = detection_queue(redis, keyspace)
+    await queue.push(image(1), claim_of(keyspace, "b" * 64, "/cams/front_door/1.jpg"))
+
+    holder = await queue.push(image(2), claim_of(keyspace, "b" * 64, "/cams/front_door/2.jpg"))
+
+    assert holder == "/cams/front_door/1.jpg"
+    assert await queue.length() == 1
+
+
+async def test_racing_pushes_of_one_claim_queue_once(
+    redis: aioredis.Redis, keyspace: Keyspace,
+) -> None:
+    queue = detection_queue(redis, keyspace)
+    holders = await asyncio.gather(*(
+        queue.push(image(n), claim_of(keyspace, "c" * 64, f"/cams/{n}.jpg")) for n in range(8)))
+
+    assert sum(holder is None for holder in holders) == 1
+    assert await queue.length() == 1
+
+
+async def test_full_queue_takes_no_claim_until_there_is_room(
+    redis: aioredis.Redis, keyspace: Keyspace,
+) -> None:
+    queue = detection_queue(redis, keyspace, config=QueueConfig(max_length=1))
+    await queue.push(image(0))
+    claim = claim_of(keyspace, "d" * 64, "/cams/waits.jpg")
+
+    waiting = asyncio.create_task(queue.push(image(1), claim))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    assert await redis.get(claim.key) is None  # a producer that dies now leaves no claim
+
+    await redis.lpop(queue.key)
+    assert await asyncio.wait_for(waiting, 5) is None
+    assert await redis.get(claim.key) == b"/cams/waits.jpg"

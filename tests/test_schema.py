@@ -69,6 +69,7 @@ DETECTIONS = Table(
         "bbox_width": "integer",
         "bbox_height": "integer",
         "thumbnail_path": "varchar",
+        "captured_at": "timestamptz",  # hsid's extension: when the snapshot was taken
     },
     constraints={
         "detections_pkey": "PRIMARY KEY (id)",
@@ -81,6 +82,7 @@ DETECTIONS = Table(
         "idx_detections_camera_time": "(camera_id, detected_at)",
         "idx_detections_file_path": "(file_path)",
         "idx_detections_object_type": "(object_type, detected_at DESC)",
+        "idx_detections_camera_happened": "(camera_id, COALESCE(captured_at, detected_at))",
     },
 )
 
@@ -459,6 +461,33 @@ USER_CALIBRATIONS = Table(
     indexes={"idx_user_calibrations_camera_id": "(camera_id)"},
 )
 
+# hsid's extension: every snapshot dealt with, by content (hsid/pipeline/snapshots.py).
+SNAPSHOTS = Table(
+    columns={
+        "sha256": "varchar(64) NOT NULL",
+        "file_path": "varchar NOT NULL",
+        "camera_id": "varchar NOT NULL",
+        "image_path": "varchar NOT NULL",
+        "size": "bigint NOT NULL",
+        "mtime_ns": "bigint NOT NULL",
+        "detection_ids": "integer[] NOT NULL DEFAULT '{}'",
+        "outcome": "varchar NOT NULL",
+        "reason": "text",
+        "taken_at": NOW,
+    },
+    constraints={
+        "snapshots_pkey": "PRIMARY KEY (sha256, file_path)",
+        "fk_snapshots_camera_id": CAMERA_FK,
+        "ck_snapshots_outcome": "CHECK (outcome IN ('processed', 'dead_lettered'))",
+    },
+    indexes={
+        "idx_snapshots_file_path": "(file_path)",
+        "idx_snapshots_camera_copies":
+            "(camera_id) WHERE ((image_path)::text <> (file_path)::text)",
+        "idx_snapshots_taken_at": "(taken_at)",
+    },
+)
+
 EXPECTED: dict[str, Table] = {
     "cameras": CAMERAS,
     "detections": DETECTIONS,
@@ -477,6 +506,7 @@ EXPECTED: dict[str, Table] = {
     "prompt_versions": PROMPT_VERSIONS,
     "scene_changes": SCENE_CHANGES,
     "user_calibrations": USER_CALIBRATIONS,
+    "snapshots": SNAPSHOTS,
 }
 
 
@@ -624,6 +654,29 @@ async def test_schema_applies_twice_and_the_second_time_changes_nothing(
     described, _ = after
     assert set(described) == set(EXPECTED)
     assert described == EXPECTED
+
+
+async def test_an_install_older_than_captured_at_gains_it_and_keeps_its_rows(
+    fresh_database_url: str,
+) -> None:
+    pool = await create_pool(Config().database, fresh_database_url)
+    try:
+        await apply_schema(pool)
+        async with pool.acquire() as conn:
+            # What an install from before the column looks like (its index goes with it).
+            await conn.execute("ALTER TABLE detections DROP COLUMN captured_at")
+            await conn.execute("INSERT INTO cameras (id, name, folder_path) "
+                               "VALUES ('c', 'C', '/c')")
+            await conn.execute("INSERT INTO detections (camera_id, file_path) "
+                               "VALUES ('c', '/c/a')")
+        await apply_schema(pool)
+        async with pool.acquire() as conn:
+            described = await describe(conn)
+            row = await conn.fetchrow("SELECT file_path, captured_at FROM detections")
+    finally:
+        await pool.close()
+    assert described["detections"] == DETECTIONS
+    assert dict(row) == {"file_path": "/c/a", "captured_at": None}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -51,7 +51,8 @@ class Schedule(Obj):
         return {"additionalProperties": False, "properties": {
             "days": {"type": "array", "items": {"type": "string", "enum": list(WEEKDAYS)}},
             "start": clock, "end": clock,
-            "timezone": {"type": "string", "description": "IANA name; default: the server's"},
+            "timezone": {"type": "string",
+                         "description": "IANA name; default: the site's ([site] timezone)"},
         }}
 
     def check(self, value: dict[str, Any], name: str) -> dict[str, Any]:

@@ -12,12 +12,13 @@ from hsid.api import files
 from hsid.api.fields import Body, Field, Shape, Str, out, pick
 from hsid.api.queries import Listing, fetch_one, fetch_page, page_of, paged, update_one
 from hsid.api.routing import ApiRoutes, Audit, Call
-from hsid.errors import InvalidInput, NotFound
+from hsid.errors import Conflict, InvalidInput, NotFound
 from hsid.pipeline.cameras import normalize_camera_id
 
 CAMERA_COLUMNS = "id, name, folder_path, status, created_at, last_seen_at"
 SELECT_CAMERA = "SELECT " + CAMERA_COLUMNS + " FROM cameras WHERE id = $1"
 CAMERA_EXISTS = "SELECT EXISTS (SELECT 1 FROM cameras WHERE id = $1)"
+SELECT_FOLDER_CAMERA = "SELECT id FROM cameras WHERE folder_path = $1 ORDER BY created_at LIMIT 1"
 INSERT_CAMERA = (
     "INSERT INTO cameras (id, name, folder_path, status) VALUES ($1, $2, $3, $4) "
     "RETURNING " + CAMERA_COLUMNS
@@ -38,8 +39,9 @@ LIST_CAMERAS = Listing(
 )
 
 STATUSES = ("online", "offline", "error")
-CAMERA_ID = Str(pattern="[a-z0-9_]{1,64}", max_length=64,
-                description="lower-case letters, digits and _ (the normalised folder name)")
+CAMERA_ID = Str(pattern="[a-z0-9_-]{1,64}", max_length=64,
+                description="lower-case letters, digits, _ and - (default: the ASCII slug of "
+                            "the folder name, or of the name; see README, Cameras)")
 CAMERA_PATH = {"camera_id": Str(max_length=64, description="camera id")}
 FIELDS: dict[str, Field] = {
     "id": CAMERA_ID,
@@ -69,8 +71,9 @@ async def require_camera(pool: asyncpg.Pool, camera_id: str) -> None:
 
 def camera_folder(camera_root: Path, given: str | None, camera_id: str) -> str:
     """The absolute folder for a new camera: must be directly inside the camera root, like
-    the folders the watcher registers (a path elsewhere would let snapshots read it)."""
-    root = os.path.normpath(camera_root)
+    the folders the watcher registers (a path elsewhere would let snapshots read it), and
+    spelled as the watcher spells it (absolute), which finds the camera by this folder."""
+    root = os.path.abspath(camera_root)
     folder = os.path.normpath(os.path.join(root, given or camera_id))
     if os.path.dirname(folder) != root:
         raise InvalidInput("folder_path must be a folder directly inside the camera root",
@@ -87,15 +90,16 @@ async def list_cameras(call: Call) -> dict:
 @api.post("/api/cameras", "Register a camera", body=Body(FIELDS), status=201, response=CAMERA,
           audit=Audit("camera_created", "camera"))
 async def create_camera(call: Call) -> asyncpg.Record:
+    """The watcher takes the images of `folder_path` for this camera, under this id. One
+    folder is one camera: a folder that already has one is a 409 (delete that one first)."""
     body = call.body
     given_folder = body.get("folder_path")
-    try:
-        camera_id = body.get("id") or normalize_camera_id(
-            Path(given_folder).name if given_folder else body["name"])
-    except InvalidInput as err:
-        raise InvalidInput(f"{err}; give an id", field="id") from err
+    camera_id = body.get("id") or normalize_camera_id(
+        Path(given_folder).name if given_folder else body["name"])
     call.audit(camera_id)
     folder = camera_folder(call.runtime.config.paths.camera_root, given_folder, camera_id)
+    if (owner := await call.pool.fetchval(SELECT_FOLDER_CAMERA, folder)) is not None:
+        raise Conflict(f"folder {folder} is already the folder of camera {owner!r}")
     return await call.pool.fetchrow(INSERT_CAMERA, camera_id, body["name"], folder,
                                     body["status"])
 

@@ -12,7 +12,7 @@ from hsid.api.routing import ApiRoutes, Call
 
 DETECTION_COLUMNS = (
     "id, camera_id, file_path, file_type, detected_at, object_type, confidence, "
-    "bbox_x, bbox_y, bbox_width, bbox_height, thumbnail_path"
+    "bbox_x, bbox_y, bbox_width, bbox_height, thumbnail_path, captured_at"
 )
 SELECT_DETECTION = "SELECT " + DETECTION_COLUMNS + " FROM detections WHERE id = $1"
 SELECT_THUMBNAIL_PATH = "SELECT thumbnail_path FROM detections WHERE id = $1"
@@ -44,6 +44,8 @@ DETECTION = Shape({
     "bbox_width": out("integer", nullable=True),
     "bbox_height": out("integer", nullable=True),
     "thumbnail_path": out("string", nullable=True),
+    # hsid's extension: when the snapshot was taken (null for rows from before it was read)
+    "captured_at": out("string", format="date-time", nullable=True),
 })
 
 api = ApiRoutes("detections")

@@ -9,6 +9,10 @@ inserted, so two analyzers never both take one. The assessment of a batch is kep
 retries of its database write, so a flaky database never costs a second LLM generation.
 A batch that was being analysed when the daemon died POISON_CRASH_COUNT times is scored by
 the rules: the LLM is the likeliest cause, and a third death would only repeat it.
+
+Time is when the snapshots were taken (`captured_at`, else `detected_at` for rows stored
+before capture times), in the site's zone: the event's started_at and ended_at, night and
+day, the prompt's local time, alert schedules and the baselines quoted all use it.
 """
 
 from __future__ import annotations
@@ -25,13 +29,13 @@ import redis.asyncio as aioredis
 import structlog
 
 from hsid import constants, metrics
-from hsid.config import Config
+from hsid.config import Config, site_zone
 from hsid.errors import PermanentError, TransientError
 from hsid.keyspace import Keyspace
 from hsid.pipeline.analyzer import RiskScorer
 from hsid.pipeline.assessment import BatchContext, DetectionContext, RiskAssessment
 from hsid.pipeline.batcher import is_fast_path
-from hsid.pipeline.detector import image_header
+from hsid.pipeline.image_format import image_header
 from hsid.pipeline.orphans import covered_ids
 from hsid.pipeline.prompts import active_settings
 from hsid.pipeline.rules import fallback_assessment
@@ -53,9 +57,9 @@ SELECT_EVENT_ID = "SELECT id FROM events WHERE batch_id = $1"
 # "no other event holds these detections" stays true until the insert commits.
 LOCK_CAMERA_EVENTS = "SELECT pg_advisory_xact_lock(hashtext('hsid.events'), hashtext($1))"
 SELECT_DETECTIONS = """
-SELECT id, file_path, detected_at, object_type, confidence,
-       bbox_x, bbox_y, bbox_width, bbox_height
-FROM detections WHERE id = any($1::int[]) AND camera_id = $2 ORDER BY detected_at, id
+SELECT id, file_path, coalesce(captured_at, detected_at) AS happened_at, object_type,
+       confidence, bbox_x, bbox_y, bbox_width, bbox_height
+FROM detections WHERE id = any($1::int[]) AND camera_id = $2 ORDER BY happened_at, id
 """
 SELECT_CAMERA_NAME = "SELECT name FROM cameras WHERE id = $1"
 INSERT_EVENT = """
@@ -96,6 +100,12 @@ def upload_age_seconds(path: str) -> float | None:
         return None
 
 
+def happened_at(row: asyncpg.Record) -> datetime:
+    """When a detection row's snapshot was taken: SELECT_DETECTIONS's happened_at, else (a
+    plain detections row) its capture time, else its detection time."""
+    return row.get("happened_at") or row.get("captured_at") or row["detected_at"]
+
+
 async def batch_context(pool: asyncpg.Pool, config: Config, camera_id: str,
                         rows: list[asyncpg.Record]) -> BatchContext:
     """What the analyzer and the alert rules know of a batch: camera, time, each detection
@@ -115,8 +125,8 @@ async def batch_context(pool: asyncpg.Pool, config: Config, camera_id: str,
             image_width=width, image_height=height,
             zones=[zone.name for zone in inside],
             zone_ids=tuple(str(zone.id) for zone in inside)))
-    return BatchContext(camera_name=name, local_time=rows[0]["detected_at"].astimezone(),
-                        detections=detections,
+    local_time = happened_at(rows[0]).astimezone(site_zone(config.site))
+    return BatchContext(camera_name=name, local_time=local_time, detections=detections,
                         extra_context=await _enrichment(pool, config, camera_id, rows))
 
 
@@ -125,13 +135,14 @@ async def _enrichment(pool: asyncpg.Pool, config: Config, camera_id: str,
     """How usual this is and whether the view was tampered with, for the prompt;
     best-effort: without it the analysis goes on."""
     lines: list[str] = []
+    zone = site_zone(config.site)
     try:
         if config.scene.enabled:
-            lines += await scene_context(pool, camera_id)
+            lines += await scene_context(pool, camera_id, zone)
         if config.baselines.enabled:
             lines += await baseline_context(
-                pool, config.baselines, camera_id, rows[-1]["detected_at"],
-                [row["object_type"] for row in rows if row["object_type"]])
+                pool, config.baselines, camera_id, happened_at(rows[-1]),
+                [row["object_type"] for row in rows if row["object_type"]], zone)
     except asyncpg.PostgresError as err:
         log.warning("context_unavailable", error=str(err))
     return lines
@@ -212,7 +223,7 @@ class AnalyzeWorker:
         then); an empty set once the event is stored, or was already."""
         fast = len(rows) == 1 and is_fast_path(
             self._config.batch, rows[0]["object_type"] or "", rows[0]["confidence"] or 0.0)
-        started_at, ended_at = rows[0]["detected_at"], rows[-1]["detected_at"]
+        started_at, ended_at = rows[0]["happened_at"], rows[-1]["happened_at"]
         alert = None
         with metrics.STAGE_LATENCY.labels("database").time():
             async with self._pool.acquire() as conn, conn.transaction():
@@ -254,7 +265,8 @@ class AnalyzeWorker:
         them is logged and rolled back alone, and the event is stored all the same."""
         try:
             async with conn.transaction():
-                return await raise_alert(conn, event, self._config.alerts)
+                return await raise_alert(conn, event, self._config.alerts,
+                                         zone=site_zone(self._config.site))
         except (OSError, asyncpg.InterfaceError):
             raise  # the connection is gone: the event can't commit either, retry the job
         except Exception:
@@ -276,7 +288,7 @@ async def _uncovered(pool: asyncpg.Pool, batch_id: str, camera_id: str,
                      rows: list[asyncpg.Record]) -> list[asyncpg.Record]:
     """`rows` (in time order) less the detections another event already holds."""
     covered = await covered_ids(pool, camera_id, [row["id"] for row in rows],
-                                rows[0]["detected_at"], rows[-1]["detected_at"],
+                                rows[0]["happened_at"], rows[-1]["happened_at"],
                                 except_batch=batch_id)
     if covered:
         log.info("detections_already_covered", detection_ids=sorted(covered))

@@ -3,6 +3,14 @@
 State lives only in the reference's keys (all with a 1 h TTL), so any number of detect
 workers can add to batches and any sweeper can close them: adding and closing are each one
 Lua script, which is what makes "pushed exactly once" hold with racing processes.
+
+A backlog (an image captured `backlog_seconds` or more before it arrived: a camera
+uploading what it took while offline, or what a start-up scan finds) never joins the
+camera's live batch: it goes to the camera's backlog batch (`batch:{camera_id}:backlog`,
+hsid's extension), which is cut by capture time as live batches are cut by the clock (a
+capture more than `window_seconds` after the batch's first, or `idle_seconds` away from its
+span, closes it and opens the next), and closed by the sweeper once no backlog image came for
+`idle_seconds`. So snapshots taken hours apart never end up in one event.
 """
 
 from __future__ import annotations
@@ -57,10 +65,52 @@ redis.call('EXPIRE', prefix .. 'started_at', ARGV[4])
 return {batch_id, #ids}
 """
 
-# KEYS: current, camera, detections, started_at, last_activity, analysis_queue
+# KEYS: <prefix>batch:{camera_id}:backlog
+# ARGV: new batch id, camera id, now, ttl, ids JSON, key prefix, captured (epoch seconds),
+#       window, idle
+# As ADD_SCRIPT for the camera's backlog batch, which also keeps the capture-time span of
+# what it holds ([first, last] in <batch>:captured). Joins it when the capture fits (within
+# `idle` of the span, the span then shorter than `window`) and returns {batch_id, size, 1};
+# returns {batch_id, 0, 0} when it does not: the caller closes that batch and tries again.
+ADD_BACKLOG_SCRIPT = """
+local batch_id = redis.call('GET', KEYS[1])
+local captured = tonumber(ARGV[7])
+local first, last = captured, captured
+local prefix
+if batch_id then
+  prefix = ARGV[6] .. batch_id .. ':'
+  local span = cjson.decode(redis.call('GET', prefix .. 'captured') or '[]')
+  if span[1] then
+    first, last = math.min(span[1], captured), math.max(span[2], captured)
+    if last - first >= tonumber(ARGV[8]) or captured - span[2] >= tonumber(ARGV[9])
+        or span[1] - captured >= tonumber(ARGV[9]) then
+      return {batch_id, 0, 0}
+    end
+  end
+else
+  batch_id = ARGV[1]
+  prefix = ARGV[6] .. batch_id .. ':'
+  redis.call('SET', KEYS[1], batch_id, 'EX', ARGV[4])
+  redis.call('SET', prefix .. 'camera_id', ARGV[2], 'EX', ARGV[4])
+  redis.call('SET', prefix .. 'started_at', ARGV[3], 'EX', ARGV[4])
+  redis.call('SET', prefix .. 'detections', '[]', 'EX', ARGV[4])
+end
+local ids = cjson.decode(redis.call('GET', prefix .. 'detections') or '[]')
+for _, id in ipairs(cjson.decode(ARGV[5])) do table.insert(ids, id) end
+redis.call('SET', prefix .. 'detections', cjson.encode(ids), 'EX', ARGV[4])
+redis.call('SET', prefix .. 'last_activity', ARGV[3], 'EX', ARGV[4])
+redis.call('SET', prefix .. 'captured', cjson.encode({first, last}), 'EX', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', prefix .. 'camera_id', ARGV[4])
+redis.call('EXPIRE', prefix .. 'started_at', ARGV[4])
+return {batch_id, #ids, 1}
+"""
+
+# KEYS: current (or backlog), camera, detections, started_at, last_activity, analysis_queue,
+#       captured
 # ARGV: batch id, now, window, idle, max size, force (1 = close regardless of timing)
-# Closes the batch if it is still the camera's current one and is due; pushes the
-# analysis_queue item and deletes the keys in the same atomic step. Returns 1 if closed.
+# Closes the batch if it is still the camera's current (or backlog) one and is due; pushes
+# the analysis_queue item and deletes the keys in the same atomic step. Returns 1 if closed.
 CLOSE_SCRIPT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local started = tonumber(redis.call('GET', KEYS[4]) or '0')
@@ -72,7 +122,7 @@ local due = ARGV[6] == '1' or now - started >= tonumber(ARGV[3])
   or now - last >= tonumber(ARGV[4]) or #ids >= tonumber(ARGV[5])
 if not due then return 0 end
 local camera = redis.call('GET', KEYS[2])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[7])
 if #ids == 0 then return 0 end
 redis.call('RPUSH', KEYS[6], '{"batch_id":' .. cjson.encode(ARGV[1]) .. ',"camera_id":'
   .. cjson.encode(camera) .. ',"detection_ids":' .. raw .. '}')
@@ -107,11 +157,20 @@ class Batcher:
         self._keyspace = keyspace
         self._analysis_queue = keyspace.queue(constants.ANALYSIS_QUEUE)
         self._add = redis.register_script(ADD_SCRIPT)
+        self._add_backlog = redis.register_script(ADD_BACKLOG_SCRIPT)
         self._close = redis.register_script(CLOSE_SCRIPT)
 
-    async def add(self, camera_id: str, detections: Sequence[NewDetection]) -> str | None:
+    def is_backlog(self, captured_at: datetime | None, arrived_at: datetime | None) -> bool:
+        """Taken so long before it arrived that it belongs to no live batch."""
+        return (captured_at is not None and arrived_at is not None
+                and (arrived_at - captured_at).total_seconds() >= self._config.backlog_seconds)
+
+    async def add(self, camera_id: str, detections: Sequence[NewDetection], *,
+                  captured_at: datetime | None = None,
+                  arrived_at: datetime | None = None) -> str | None:
         """File one image's detections: fast-path ones go straight to analysis as their own
-        batch, the rest join the camera's open batch. Nothing to file opens no batch.
+        batch, the rest join the camera's open batch, or its backlog batch when the image
+        was captured (`captured_at`) well before it arrived. Nothing to file opens no batch.
         Returns the id of the batch the others joined, None when there were none."""
         batched = []
         for detection in detections:
@@ -121,6 +180,8 @@ class Batcher:
                 batched.append(detection.id)
         if not batched:
             return None
+        if captured_at is not None and self.is_backlog(captured_at, arrived_at):
+            return await self._file_backlog(camera_id, batched, captured_at)
         now = time.time()
         batch_id, size = await self._add(
             keys=[self._keyspace.batch_current(camera_id)],
@@ -132,6 +193,29 @@ class Batcher:
             await self.close(camera_id, batch_id, force=True)
         return str(batch_id)
 
+    async def _file_backlog(self, camera_id: str, ids: list[int], captured_at: datetime) -> str:
+        """Add to the camera's backlog batch; one the capture time does not fit is closed
+        and the next opened (each step atomic, so racing workers cut it once)."""
+        c = self._config
+        while True:
+            batch_id, size, fits = await self._add_backlog(
+                keys=[self._keyspace.batch_backlog(camera_id)],
+                args=[str(uuid.uuid4()), camera_id, repr(time.time()),
+                      constants.BATCH_KEY_TTL_SECONDS, json.dumps(ids),
+                      self._keyspace.batch_id_prefix, repr(captured_at.timestamp()),
+                      c.window_seconds, c.idle_seconds],
+            )
+            batch_id = str(batch_id.decode() if isinstance(batch_id, bytes) else batch_id)
+            if fits:
+                break
+            await self.close(camera_id, batch_id, force=True, backlog=True)
+        if size == len(ids):
+            log.info("backlog_batch_opened", camera=camera_id, batch_id=batch_id,
+                     captured_at=captured_at.isoformat())
+        if size >= c.max_detections:
+            await self.close(camera_id, batch_id, force=True, backlog=True)
+        return batch_id
+
     async def _push_fast_path(self, camera_id: str, detection: NewDetection) -> None:
         item = {"batch_id": str(uuid.uuid4()), "camera_id": camera_id,
                 "detection_ids": [detection.id]}
@@ -139,28 +223,36 @@ class Batcher:
         log.info("fast_path_batch", camera=camera_id, batch_id=item["batch_id"],
                  object_type=detection.object_type, confidence=detection.confidence)
 
-    async def close(self, camera_id: str, batch_id: str, force: bool = False) -> bool:
-        """Close `batch_id` if it is due (or `force`); True only for the caller that closed it."""
+    async def close(self, camera_id: str, batch_id: str, force: bool = False,
+                    backlog: bool = False) -> bool:
+        """Close `batch_id` (the camera's live batch, or its backlog batch) if it is due (or
+        `force`); True only for the caller that closed it. A backlog batch is due only by
+        idleness or size: its window is kept by capture time, as it is filled."""
         c = self._config
+        window = constants.BATCH_KEY_TTL_SECONDS if backlog else c.window_seconds
         closed = await self._close(
-            keys=[*self._keyspace.batch(camera_id, batch_id), self._analysis_queue],
-            args=[batch_id, repr(time.time()), c.window_seconds, c.idle_seconds,
+            keys=[*self._keyspace.batch(camera_id, batch_id, backlog), self._analysis_queue,
+                  self._keyspace.batch_captured(batch_id)],
+            args=[batch_id, repr(time.time()), window, c.idle_seconds,
                   c.max_detections, "1" if force else "0"],
         )
         if closed:
-            log.info("batch_closed", camera=camera_id, batch_id=batch_id, forced=force)
+            log.info("batch_closed", camera=camera_id, batch_id=batch_id, forced=force,
+                     backlog=backlog)
         return bool(closed)
 
     async def sweep(self) -> int:
-        """Close every due batch; returns how many this call closed."""
+        """Close every due batch, live and backlog; returns how many this call closed."""
         closed = 0
-        pattern = self._keyspace.batch_current_pattern()
-        async for key in self._redis.scan_iter(match=pattern, count=500):
-            key = key.decode() if isinstance(key, bytes) else key
-            camera_id = self._keyspace.camera_of_batch_current(key)
-            batch_id = await self._redis.get(key)
-            if batch_id is not None and await self.close(camera_id, batch_id.decode()):
-                closed += 1
+        for backlog in (False, True):
+            pattern = self._keyspace.batch_current_pattern(backlog)
+            async for key in self._redis.scan_iter(match=pattern, count=500):
+                key = key.decode() if isinstance(key, bytes) else key
+                camera_id = self._keyspace.camera_of_batch_current(key, backlog)
+                batch_id = await self._redis.get(key)
+                if batch_id is not None and await self.close(camera_id, batch_id.decode(),
+                                                             backlog=backlog):
+                    closed += 1
         return closed
 
 

@@ -1,34 +1,50 @@
-"""Camera folders: ids from their names, registration, status, and which files are images."""
+"""Cameras: ids from their names, registration, status, and which files may be read."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import hashlib
 import os
 import re
-from collections.abc import Iterable
+import unicodedata
 from pathlib import Path
 
 import asyncpg
 import structlog
 
 from hsid.errors import InvalidInput
+from hsid.pipeline.layout import PATTERN, CameraSource
 
 log = structlog.get_logger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
-TEMP_SUFFIXES = frozenset({".part", ".tmp", ".filepart"})  # FTP servers upload under these
-
 ONLINE, OFFLINE, ERROR = "online", "offline", "error"
 
-# A new folder becomes a camera; a second folder whose name normalises to the same id
-# shares that camera rather than failing (the conflict is logged).
+# Latin letters that Unicode does not split into a base letter and marks, so NFKD alone would
+# drop them ("Indkørsel" would become "indkrsel"). Other scripts have no ASCII reading that a
+# table this size could give; their ids take the hash suffix instead (see camera_ids).
+ASCII_FOLDS = str.maketrans({
+    "ø": "o", "Ø": "O", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ß": "ss", "ẞ": "SS",
+    "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "þ": "th", "Þ": "TH",
+    "ı": "i", "ħ": "h", "Ħ": "H", "ŧ": "t", "Ŧ": "T", "ŋ": "ng", "Ŋ": "NG",
+})
+# A slug is cut to this length so that the longest id (slug, "-", the longest suffix) stays
+# within the API's 64 characters.
+SLUG_MAX_CHARS = 40
+# Hex digits of the name's SHA-256 tried, in turn, as the suffix of a taken or empty slug:
+# 6 (16.7 million values) makes a clash between two names of one slug already unlikely.
+SUFFIX_LENGTHS = (6, 8, 10, 12, 16)
+EMPTY_SLUG_STEM = "cam"  # "前门" -> "cam-3fa2c1"
+
+# An id already taken is left alone: the caller tries the next id (camera_ids).
 INSERT_CAMERA = """
 INSERT INTO cameras (id, name, folder_path) VALUES ($1, $2, $3)
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 """
-SELECT_CAMERA_FOLDER = "SELECT folder_path FROM cameras WHERE id = $1"
+SELECT_CAMERAS_IN_FOLDER = """
+SELECT id, name FROM cameras WHERE folder_path = $1 ORDER BY created_at, id
+"""
+SELECT_CAMERAS_NAMED = "SELECT id, name FROM cameras WHERE name = $1 ORDER BY created_at, id"
 
 # One statement reads the old status and writes the new one, so the status-change log line
 # is exact even when the API changes the row at the same moment.
@@ -51,47 +67,36 @@ FROM cameras
 """
 
 
-def normalize_camera_id(folder_name: str) -> str:
-    """The camera id for a folder: lower case, spaces and dashes to `_`, only `[a-z0-9_]` kept.
+def camera_slug(name: str) -> str:
+    """The ASCII slug of a camera name; empty when nothing is left ("前门", "!!!").
 
-    "Front Door-2" gives "front_door_2". Raises InvalidInput when nothing is left, since a
-    camera needs an id that the API, thumbnails and Redis keys can use as-is.
+    Accents are folded (NFKD, then ASCII_FOLDS for ø, æ, ß, ...), then lower case, spaces
+    and dashes to `_`, only `[a-z0-9_]` kept: "Indkørsel" gives "indkorsel", "Front Door-2"
+    "front_door_2". Never contains `-`, so a suffixed id cannot equal another name's slug.
     """
-    camera_id = re.sub(r"[^a-z0-9_]", "", re.sub(r"[ \-]", "_", folder_name.lower()))
-    if not camera_id:
-        raise InvalidInput(
-            f"camera folder name {folder_name!r} leaves no usable id (needs a-z, 0-9, _)",
-            field="folder_name",
-        )
-    return camera_id
+    folded = unicodedata.normalize("NFKD", name.translate(ASCII_FOLDS))
+    plain = "".join(char for char in folded if not unicodedata.combining(char))
+    slug = re.sub(r"[^a-z0-9_]", "", re.sub(r"[ \-]", "_", plain.lower()))
+    return slug[:SLUG_MAX_CHARS] if slug.strip("_") else ""
 
 
-def ignore_reason(path: Path, root: Path) -> str | None:
-    """Why an event's path is not a candidate image, or None when it is one."""
-    parts = path.relative_to(root).parts
-    if len(parts) < 2:
-        return "not_in_camera_folder"
-    if any(part.startswith(".") for part in parts):
-        return "temporary_name"  # also hidden folders, where some FTP servers stage uploads
-    suffix = path.suffix.lower()
-    if suffix in TEMP_SUFFIXES:
-        return "temporary_name"
-    return None if suffix in IMAGE_SUFFIXES else "not_an_image"
+def camera_ids(name: str) -> list[str]:
+    """The ids a camera of this name may have, in order of preference: the slug, then the
+    slug (or "cam") with a suffix from the name's SHA-256, longer and longer.
+
+    Pure: the same name always gives the same list (the hash is of its NFC form, so a folder
+    name in decomposed Unicode, as macOS clients write it, gives the same ids).
+    """
+    slug = camera_slug(name)
+    digest = hashlib.sha256(unicodedata.normalize("NFC", name).encode()).hexdigest()
+    stem = slug or EMPTY_SLUG_STEM
+    return ([slug] if slug else []) + [f"{stem}-{digest[:n]}" for n in SUFFIX_LENGTHS]
 
 
-def scan_images(folders: Iterable[Path], root: Path, newer_than: float) -> list[Path]:
-    """Candidate images under `folders` modified after `newer_than`, oldest first; blocking."""
-    found: list[tuple[float, Path]] = []
-    for folder in folders:
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames[:] = [name for name in dirnames if not name.startswith(".")]
-            for name in filenames:
-                path = Path(dirpath, name)
-                with contextlib.suppress(OSError):
-                    mtime = os.stat(path, follow_symlinks=False).st_mtime
-                    if mtime >= newer_than and ignore_reason(path, root) is None:
-                        found.append((mtime, path))
-    return [path for _, path in sorted(found)]
+def normalize_camera_id(name: str) -> str:
+    """The preferred id for a camera name: its slug, or `cam-<hash>` when the slug is empty.
+    Whether it is free is for the caller to find out (register_camera tries the next)."""
+    return camera_ids(name)[0]
 
 
 def refusal(path: Path, root: Path) -> str | None:
@@ -108,22 +113,52 @@ def refusal(path: Path, root: Path) -> str | None:
     return None
 
 
-async def register_camera(pool: asyncpg.Pool, folder: Path) -> str:
-    """Ensure a cameras row exists for `folder` and return its id; idempotent.
+async def register_camera(pool: asyncpg.Pool, source: CameraSource) -> str:
+    """The id of the camera `source` feeds, registering one when it has none; idempotent.
 
-    An existing row is left as it is (its name, status and path may have been edited
-    through the API). Raises InvalidInput when the folder name gives no id.
+    The camera already registered for the source wins, so ids are stable across restarts
+    and upgrades whatever the current rules would give (owned_camera). Otherwise the first
+    free id of camera_ids(source.name) is taken: a taken slug gets the hash suffix, so two
+    folders never become one camera. The row keeps the name exactly as found. Raises
+    InvalidInput only when every id is taken (five hash lengths: not in practice).
     """
-    camera_id = normalize_camera_id(folder.name)
-    if await pool.fetchval(INSERT_CAMERA, camera_id, folder.name, str(folder)) is not None:
-        log.info("camera_registered", camera=camera_id, folder=str(folder))
-        return camera_id
-    known_folder = await pool.fetchval(SELECT_CAMERA_FOLDER, camera_id)
-    if known_folder != str(folder):
-        log.warning(
-            "camera_folder_shared", camera=camera_id, folder=str(folder), known_folder=known_folder
-        )
-    return camera_id
+    if (known := await owned_camera(pool, source)) is not None:
+        return known
+    taken: list[str] = []
+    for camera_id in camera_ids(source.name):
+        if await pool.fetchval(INSERT_CAMERA, camera_id, source.name, str(source.folder)):
+            log.info("camera_registered", camera=camera_id, name=source.name,
+                     folder=str(source.folder), source=source.kind, ids_taken=taken)
+            return camera_id
+        taken.append(camera_id)
+    raise InvalidInput(f"camera {source.name!r}: ids {', '.join(taken)} are all taken",
+                       field="name")
+
+
+async def owned_camera(pool: asyncpg.Pool, source: CameraSource) -> str | None:
+    """The id of the camera already registered for `source`, or None.
+
+    A pattern camera is known by its name (the same camera may upload anywhere), or by its
+    own folder when its name was read from one (`NVR/Camera 01`), so a renamed one is found.
+    A folder (or the root camera) is known by its folder_path; several rows may have it
+    (the root holds the pattern cameras named in file names), so the row named like the
+    folder comes first, then one whose id comes from that name, then, for a folder of its
+    own, the oldest: a camera registered through the API keeps its own id and name.
+    """
+    if source.kind == PATTERN:
+        if rows := await pool.fetch(SELECT_CAMERAS_NAMED, source.name):
+            return rows[0]["id"]
+        if not source.own_folder:
+            return None
+    rows = await pool.fetch(SELECT_CAMERAS_IN_FOLDER, str(source.folder))
+    own_ids = camera_ids(source.name)
+    for row in rows:
+        if row["name"] == source.name:
+            return row["id"]
+    for row in rows:
+        if row["id"] in own_ids:
+            return row["id"]
+    return rows[0]["id"] if rows and source.own_folder else None
 
 
 async def mark_seen(pool: asyncpg.Pool, camera_id: str) -> bool:

@@ -1,19 +1,26 @@
 """Detect worker: detection_queue -> decode -> RT-DETRv2 -> detections rows and thumbnails.
 
-Per image: thumbnails are written, then the rows are committed in one transaction (the
-thumbnails are removed again if it fails), then clients hear of the detections on
+Per image: the bytes read must be those the watcher hashed (snapshots.py: an upload is
+known by its content), thumbnails are written, then the rows and the snapshot's record are
+committed in one transaction (the thumbnails are removed again if it fails), so an image
+that gave no detection is not processed again either; then clients hear of the detections on
 `security_events`, then the detections join their camera's batch, then the queue item is
 acknowledged. Storing overlaps the next inference; decoding does not: on a CPU the
 model's threads already use every core, and measured on 2 cores (scripts/bench_detect.py)
 decoding beside inference slowed inference by more than the decode itself costs.
 
-A job processed twice (a crash between commit and acknowledge) finds its rows already
-there and inserts nothing, but batches again those of its detections that no event holds:
+When the snapshot was taken (capture_time.py) is read from the same bytes, its names and
+its mtime, and stored with its rows (`detections.captured_at`, hsid's extension; detected_at
+stays the processing time, as the reference has it). The batcher files a backlog (taken well
+before it arrived) apart from the camera's live batch.
+
+A job processed twice (a crash between commit and acknowledge) finds its snapshot already
+recorded and inserts nothing, but batches again those of its detections that no event holds:
 its first run may have died before batching them. One already waiting in a batch is then
 batched twice, and the analyze worker keeps it out of the second event.
 
 A full state dir costs thumbnails, not detections: the rows are stored with
-thumbnail_path NULL until thumbnails can be written again (thumbnails.ThumbnailWriter).
+thumbnail_path NULL until thumbnails can be written again (state_files.StateFileWriter).
 
 Jobs that were in flight when the daemon died (`crash_count`, set by ReliableQueue.recover)
 are suspects: each is taken, decoded, inferred and stored alone, with no other suspect in
@@ -25,25 +32,36 @@ without being decoded again.
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
 import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
 import asyncpg
 import redis.asyncio as aioredis
 import structlog
 
 from hsid import constants, metrics
-from hsid.config import Config
+from hsid.config import Config, site_zone
 from hsid.errors import STORE_ERRORS, PermanentError, TransientError
 from hsid.keyspace import Keyspace
 from hsid.pipeline.batcher import Batcher, NewDetection
+from hsid.pipeline.capture_time import Capture, CaptureClock, arrival_time
 from hsid.pipeline.detector import DecodedImage, Detector, ObjectDetection, decode
 from hsid.pipeline.orphans import covered_ids
-from hsid.pipeline.thumbnails import ThumbnailWriter, make_thumbnail, thumbnail_path
+from hsid.pipeline.snapshots import (
+    SNAPSHOTS_DIR,
+    Upload,
+    is_processed,
+    read_upload,
+    record,
+    sha256_of,
+)
+from hsid.pipeline.state_files import StateFileWriter
+from hsid.pipeline.thumbnails import make_thumbnail, thumbnail_path
 from hsid.queues import Job, ReliableQueue, process_with_retries
 from hsid.services.scene import SceneMonitor
 
@@ -52,17 +70,37 @@ log = structlog.get_logger(__name__)
 # The DLQ reason of a job that was in flight at POISON_CRASH_COUNT deaths of the daemon.
 POISON_ERROR = "crashed the daemon twice"
 
-LOCK_FILE = "SELECT pg_advisory_xact_lock(hashtext($1))"
+LOCK_SNAPSHOT = "SELECT pg_advisory_xact_lock(hashtext($1))"
 SELECT_STORED = """
-SELECT id, detected_at, object_type, confidence, thumbnail_path FROM detections
-WHERE file_path = $1 AND camera_id = $2 ORDER BY id
+SELECT id, detected_at, captured_at, object_type, confidence, thumbnail_path FROM detections
+WHERE id = any($1::int[]) ORDER BY id
 """
 INSERT_DETECTION = """
 INSERT INTO detections (camera_id, file_path, file_type, detected_at, object_type, confidence,
-                        bbox_x, bbox_y, bbox_width, bbox_height, thumbnail_path)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                        bbox_x, bbox_y, bbox_width, bbox_height, thumbnail_path, captured_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 RETURNING id
 """
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDetection(NewDetection):
+    """A detection as stored: what the batcher needs, and what a retry must keep."""
+
+    detected_at: datetime
+    thumbnail_path: str | None
+    captured_at: datetime | None = None  # when its snapshot was taken (capture_time.py)
+
+    @property
+    def happened_at(self) -> datetime:
+        """When it happened: the capture time, else (rows stored before there was one)
+        the processing time."""
+        return self.captured_at or self.detected_at
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> StoredDetection:
+        return cls(row["id"], row["object_type"] or "", row["confidence"] or 0.0,
+                   row["detected_at"], row["thumbnail_path"], row["captured_at"])
 
 
 @dataclass(slots=True)
@@ -71,10 +109,13 @@ class ImageTask:
 
     job: Job
     camera_id: str
-    path: Path
+    path: Path  # where the upload arrived (the item's file_path)
+    upload: Upload | None = None  # what it is; from the item, else from the bytes read
     image: DecodedImage | None = None
     error: PermanentError | None = None
     found: list[ObjectDetection] | None = None
+    arrived_at: datetime | None = None  # the item's timestamp: when the watcher took it
+    capture: Capture | None = None  # when the snapshot was taken, read from its bytes
 
     @property
     def suspect(self) -> bool:
@@ -86,19 +127,35 @@ def is_suspect(job: Job) -> bool:
     return 0 < job.crash_count < constants.POISON_CRASH_COUNT
 
 
-def read_and_decode(task: ImageTask, camera_root: Path, max_pixels: int) -> None:
-    """Blocking: fill `task.image`, or `task.error` with why the file cannot be used."""
+def read_and_decode(task: ImageTask, roots: tuple[Path, ...], max_pixels: int,
+                    clock: CaptureClock | None = None) -> None:
+    """Blocking: fill `task.image` (and `task.upload` when the item had none, and
+    `task.capture` given a `clock`), or `task.error` with why the file cannot be used.
+
+    The bytes read must be the ones the watcher hashed: a camera that overwrote the file
+    since leaves an error naming the lost content (its new upload is queued on its own).
+    Only files under `roots` (the camera root, hsid's snapshot copies) are read.
+    """
     try:
-        path = task.path
-        if path.is_symlink() or not path.resolve().is_relative_to(camera_root.resolve()):
+        path = Path(task.upload.image_path) if task.upload else task.path
+        if path.is_symlink() or not any(path.resolve().is_relative_to(root) for root in roots):
             raise PermanentError(f"{path} is a symlink or outside the camera root")
         started = time.perf_counter()
         try:
-            data = path.read_bytes()
+            data, size, mtime_ns = read_upload(path)
         except FileNotFoundError as err:
             raise PermanentError(f"{path} no longer exists") from err
         except OSError as err:
             raise PermanentError(f"{path} cannot be read: {err}") from err
+        sha256 = sha256_of(data)
+        if task.upload is None:
+            task.upload = Upload(sha256, str(path), size, mtime_ns)
+        elif task.upload.sha256 != sha256:
+            raise PermanentError(f"{path} was overwritten before it could be read: the "
+                                 f"upload with sha256 {task.upload.sha256} is gone")
+        if clock is not None:
+            task.capture = clock.capture(data, task.path, task.upload.mtime_ns,
+                                         task.arrived_at or datetime.now(UTC))
         task.image = decode(data, max_pixels)
         metrics.STAGE_LATENCY.labels("decode").observe(time.perf_counter() - started)
     except PermanentError as err:
@@ -120,7 +177,9 @@ class DetectWorker:
         self._batcher = batcher
         self._stopping = stopping
         self._scene = SceneMonitor(pool) if config.scene.enabled else None
-        self._thumbnails = ThumbnailWriter()
+        self._thumbnails = StateFileWriter("thumbnails")
+        self._clock = CaptureClock(site_zone(config.site), config.paths.camera_root.absolute(),
+                                   config.watcher.max_backlog_hours)
 
     async def run(self) -> None:
         await self._queue.recover()
@@ -162,15 +221,18 @@ class DetectWorker:
         for job in jobs:
             item = job.item
             camera_id, file_path = item.get("camera_id"), item.get("file_path")
-            task = ImageTask(job, str(camera_id), Path(str(file_path)))
+            task = ImageTask(job, str(camera_id), Path(str(file_path)), Upload.from_item(item),
+                             arrived_at=arrival_time(item.get("timestamp"), datetime.now(UTC)))
             if not isinstance(camera_id, str) or not isinstance(file_path, str):
                 task.error = PermanentError("queue item lacks camera_id or file_path")
             elif job.crash_count >= constants.POISON_CRASH_COUNT:
                 task.error = PermanentError(POISON_ERROR)
             tasks.append(task)
-        root, limit = self._config.paths.camera_root, self._config.detector.max_pixels
+        paths, limit = self._config.paths, self._config.detector.max_pixels
+        roots = (paths.camera_root.resolve(), (paths.state_dir / SNAPSHOTS_DIR).resolve())
         await asyncio.gather(*(
-            asyncio.to_thread(read_and_decode, t, root, limit) for t in tasks if t.error is None
+            asyncio.to_thread(read_and_decode, t, roots, limit, self._clock)
+            for t in tasks if t.error is None
         ))
         return tasks
 
@@ -210,38 +272,51 @@ class DetectWorker:
 
     async def _store(self, task: ImageTask) -> None:
         if task.error is not None:
-            metrics.IMAGES_REJECTED.labels(task.camera_id).inc()
-            log.warning("image_rejected", file=str(task.path), reason=str(task.error))
-            raise task.error
-        assert task.image is not None and task.found is not None
+            await self._reject(task, task.error)
+        assert task.image is not None and task.found is not None and task.upload is not None
+        if task.image.truncated:
+            log.warning("image_truncated", file=str(task.path), size=task.upload.size,
+                        action="decoded as far as it goes")
         detected_at = datetime.now(UTC)
-        stored = await self._commit(task, detected_at)
+        stored, fresh = await self._commit(task, detected_at)
         metrics.IMAGES_PROCESSED.labels(task.camera_id).inc()
-        if stored is None:
-            rebatched = await self._rebatch_stored(task)
+        if not fresh:
+            rebatched = await self._rebatch(task, stored)
             log.info("detections_already_stored", file=str(task.path), rebatched=rebatched)
             return
         for detection in stored:
             metrics.DETECTIONS.labels(detection.object_type).inc()
-        log.info("image_processed", file=str(task.path), detections=len(stored))
+        log.info("image_processed", file=str(task.path), detections=len(stored),
+                 sha256=task.upload.sha256)
         if stored:
             await self._announce(task, detected_at, stored)
-            await self._batcher.add(task.camera_id, stored)
+            await self._batcher.add(task.camera_id, stored, captured_at=stored[0].captured_at,
+                                    arrived_at=task.arrived_at)
         await self._watch_scene(task, detected_at)  # after batching: a person is never held up
 
-    async def _rebatch_stored(self, task: ImageTask) -> int:
-        """Batch again those of the image's stored detections that no event holds (its first
+    async def _reject(self, task: ImageTask, error: PermanentError) -> NoReturn:
+        """Dead-letter the job (by raising `error`), recording its snapshot first so that no
+        restart waits on the same broken file again."""
+        metrics.IMAGES_REJECTED.labels(task.camera_id).inc()
+        log.warning("image_rejected", file=str(task.path), reason=str(error))
+        if task.upload is not None:
+            with contextlib.suppress(asyncpg.ForeignKeyViolationError):  # camera deleted
+                await record(self._pool, task.upload, str(task.path), task.camera_id, [],
+                             reason=str(error))
+        raise error
+
+    async def _rebatch(self, task: ImageTask, stored: list[StoredDetection]) -> int:
+        """Batch again those of an image's stored detections that no event holds (its first
         run may have died between commit and batching); returns how many."""
-        rows = await self._pool.fetch(SELECT_STORED, str(task.path), task.camera_id)
-        if not rows:
+        if not stored:
             return 0
-        times = [row["detected_at"] for row in rows]
-        covered = await covered_ids(self._pool, task.camera_id, [row["id"] for row in rows],
+        times = [row.happened_at for row in stored]
+        covered = await covered_ids(self._pool, task.camera_id, [row.id for row in stored],
                                     min(times), max(times))
-        orphans = [NewDetection(row["id"], row["object_type"] or "", row["confidence"] or 0.0)
-                   for row in rows if row["id"] not in covered]
+        orphans = [row for row in stored if row.id not in covered]
         if orphans:
-            await self._batcher.add(task.camera_id, orphans)
+            await self._batcher.add(task.camera_id, orphans, captured_at=orphans[0].captured_at,
+                                    arrived_at=task.arrived_at)
         return len(orphans)
 
     async def _watch_scene(self, task: ImageTask, detected_at: datetime) -> None:
@@ -253,8 +328,10 @@ class DetectWorker:
         except STORE_ERRORS as err:
             log.warning("scene_watch_failed", error=str(err) or type(err).__name__)
 
-    async def _commit(self, task: ImageTask, detected_at: datetime) -> list[NewDetection] | None:
-        """Insert the image's rows unless they exist; None when they already did."""
+    async def _commit(self, task: ImageTask,
+                      detected_at: datetime) -> tuple[list[StoredDetection], bool]:
+        """Insert the image's rows and its snapshot record, unless its content was stored
+        already: (the rows, True) when new, (the earlier rows, False) when not."""
         thumbnails = await asyncio.to_thread(self._write_thumbnails, task, detected_at)
         try:
             with metrics.STAGE_LATENCY.labels("database").time():
@@ -264,33 +341,41 @@ class DetectWorker:
             raise TransientError(f"storing detections failed: {err}") from err
 
     async def _insert_all(self, task: ImageTask, detected_at: datetime,
-                          thumbnails: list[Path | None]) -> list[NewDetection] | None:
+                          thumbnails: list[Path | None]) -> tuple[list[StoredDetection], bool]:
+        assert task.upload is not None
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(LOCK_FILE, str(task.path))
-            if stored := await conn.fetch(SELECT_STORED, str(task.path), task.camera_id):
+            await conn.execute(LOCK_SNAPSHOT, task.upload.sha256)
+            if (ids := await is_processed(conn, task.upload.sha256)) is not None:
+                stored = [StoredDetection.from_row(row)
+                          for row in await conn.fetch(SELECT_STORED, ids)]
                 # Written again under the same names: keep those the stored rows point at.
-                kept = {row["thumbnail_path"] for row in stored}
+                kept = {row.thumbnail_path for row in stored}
                 _remove([path for path in thumbnails if str(path) not in kept])
-                return None
-            return [
-                await self._insert(conn, task, detected_at, found, thumb)
-                for found, thumb in zip(task.found or [], thumbnails, strict=True)
-            ]
+                return stored, False
+            stored = [await self._insert(conn, task, detected_at, found, thumb)
+                      for found, thumb in zip(task.found or [], thumbnails, strict=True)]
+            await record(conn, task.upload, str(task.path), task.camera_id,
+                         [row.id for row in stored])
+            return stored, True
 
     async def _insert(self, conn: asyncpg.Connection, task: ImageTask, detected_at: datetime,
-                      found: ObjectDetection, thumb: Path | None) -> NewDetection:
-        assert task.image is not None
+                      found: ObjectDetection, thumb: Path | None) -> StoredDetection:
+        assert task.image is not None and task.upload is not None
+        thumbnail = None if thumb is None else str(thumb)
+        captured_at = task.capture.at if task.capture else None
         detection_id = await conn.fetchval(
-            INSERT_DETECTION, task.camera_id, str(task.path), task.image.mime, detected_at,
-            found.object_type, found.confidence, found.bbox_x, found.bbox_y, found.bbox_width,
-            found.bbox_height, None if thumb is None else str(thumb))
-        return NewDetection(detection_id, found.object_type, found.confidence)
+            INSERT_DETECTION, task.camera_id, task.upload.image_path, task.image.mime,
+            detected_at, found.object_type, found.confidence, found.bbox_x, found.bbox_y,
+            found.bbox_width, found.bbox_height, thumbnail, captured_at)
+        return StoredDetection(detection_id, found.object_type, found.confidence, detected_at,
+                               thumbnail, captured_at)
 
     def _write_thumbnails(self, task: ImageTask, detected_at: datetime) -> list[Path | None]:
         """Blocking: one JPEG crop per detection, written before the rows that point at it;
-        None for one the full disk had no room for."""
-        assert task.image is not None
-        stem = hashlib.sha1(str(task.path).encode()).hexdigest()[:16]
+        None for one the full disk had no room for. Named by the snapshot's content, so
+        uploads under one re-used file name never share (or delete) each other's."""
+        assert task.image is not None and task.upload is not None
+        stem = task.upload.sha256[:16]
         paths: list[Path | None] = []
         for index, found in enumerate(task.found or []):
             path = thumbnail_path(self._config.paths.state_dir, task.camera_id, detected_at,
@@ -303,8 +388,10 @@ class DetectWorker:
                         stored: list[NewDetection]) -> None:
         message = {"type": "detection", "data": {
             "camera_id": task.camera_id,
-            "file_path": str(task.path),
+            "file_path": task.upload.image_path if task.upload else str(task.path),
             "detected_at": detected_at.isoformat(),
+            # hsid's extension: when the snapshot was taken (capture_time.py)
+            "captured_at": task.capture.at.isoformat() if task.capture else None,
             "detections": [{"id": d.id, "object_type": d.object_type,
                             "confidence": d.confidence} for d in stored],
         }}

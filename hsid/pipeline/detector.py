@@ -18,6 +18,7 @@ import structlog
 
 from hsid.config import DetectorConfig
 from hsid.errors import ConfigError, PermanentError, TransientError
+from hsid.pipeline.image_format import JPEG_EOI, JPEG_MIME, image_end, image_header
 from hsid.services.gpu import gpu_names
 
 log = structlog.get_logger(__name__)
@@ -48,16 +49,7 @@ CPU_PROVIDER = "CPUExecutionProvider"
 GPU_PROVIDERS = frozenset({TENSORRT_PROVIDER, CUDA_PROVIDER})
 FPS_WINDOW = 32  # inference runs the rolling images-per-second figure averages over
 
-# --- Image formats --------------------------------------------------------------------------
-JPEG_MIME = "image/jpeg"
-PNG_MIME = "image/png"
-JPEG_SOI = b"\xff\xd8\xff"
-JPEG_EOI = b"\xff\xd9"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Start-of-frame markers, which carry the dimensions: C0-CF except DHT (C4), JPG (C8), DAC (CC).
-JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-# Markers without a length field: TEM and the restart markers.
-JPEG_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})
+# --- Decoding ----------------------------------------------------------------------------------
 # Decode big JPEGs at 1/8, 1/4 or 1/2 scale in libjpeg itself: much faster and smaller, and the
 # model only sees 640x640. The largest factor that keeps both sides >= 640 wins.
 REDUCED_DECODE_FLAGS = (
@@ -83,6 +75,7 @@ class DecodedImage:
     width: int
     height: int
     mime: str
+    truncated: bool = False  # the file ended before the image did (see decode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,18 +94,22 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
     """Decode a JPEG or PNG snapshot and pre-process it for the model; thread-safe.
 
     The size is read from the file header and checked against `max_pixels` before any
-    pixel is decoded, so a decompression bomb costs nothing. Raises PermanentError with
-    the reason for empty data, other formats, truncated or corrupt files and absurd sizes.
+    pixel is decoded, so a decompression bomb costs nothing. Bytes after the image's end
+    (image_format.image_end) are cut off first. A file whose end is missing, an upload cut
+    short, is decoded as far as it goes and marked `truncated`: libjpeg fills the rest with
+    grey, and the upper part of a cut snapshot is still evidence. Raises PermanentError
+    with the reason for empty data, other formats, undecodable files and absurd sizes.
     """
     mime, width, height = image_header(data)
     if width * height > max_pixels:
         raise PermanentError(
             f"image is {width}x{height} ({width * height} pixels), over the limit of {max_pixels}"
         )
-    # libjpeg "decodes" a cut-off upload as grey below the cut, so the marker decides. Some
-    # cameras pad the file with zero bytes after it.
-    if mime == JPEG_MIME and not data.rstrip(b"\x00").endswith(JPEG_EOI):
-        raise PermanentError("JPEG is truncated: no end-of-image marker")
+    end = image_end(data)
+    if end is not None:
+        data = data[:end]
+    elif mime == JPEG_MIME:
+        data += JPEG_EOI  # OpenCV refuses a JPEG without its end; libjpeg greys the rest
     try:
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _decode_flags(width, height))
     except cv2.error as err:
@@ -122,52 +119,8 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
     # One pass: linear resize to 640x640, BGR -> RGB, 0..1, HWC -> CHW (about 3x faster than
     # the same steps one by one, which matters when decode shares the cores with inference).
     tensor = cv2.dnn.blobFromImage(pixels, 1 / 255.0, (INPUT_SIZE, INPUT_SIZE), swapRB=True)[0]
-    return DecodedImage(tensor=tensor, pixels=pixels, width=width, height=height, mime=mime)
-
-
-def image_header(data: bytes) -> tuple[str, int, int]:
-    """(MIME type, width, height) from a JPEG or PNG header, without decoding pixels.
-
-    Raises PermanentError when the data is empty, not a JPEG or PNG, or its header is broken.
-    """
-    if not data:
-        raise PermanentError("image is empty (0 bytes)")
-    if data.startswith(JPEG_SOI):
-        mime, (width, height) = JPEG_MIME, _jpeg_size(data)
-    elif data.startswith(PNG_SIGNATURE):
-        mime, (width, height) = PNG_MIME, _png_size(data)
-    else:
-        raise PermanentError("not a JPEG or PNG image (unrecognised leading bytes)")
-    if width <= 0 or height <= 0:
-        raise PermanentError(f"{mime} header declares an empty image ({width}x{height})")
-    return mime, width, height
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int]:
-    """Walk the marker segments up to the first start-of-frame and read its dimensions."""
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            raise PermanentError(f"JPEG header is corrupt: no marker at byte {pos}")
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            pos += 1
-        elif marker in JPEG_STANDALONE_MARKERS:
-            pos += 2
-        elif marker in JPEG_SOF_MARKERS and pos + 9 <= len(data):
-            height = int.from_bytes(data[pos + 5 : pos + 7], "big")
-            return int.from_bytes(data[pos + 7 : pos + 9], "big"), height
-        elif marker in (0xD9, 0xDA):  # end of image or start of scan, and still no frame
-            break
-        else:
-            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-    raise PermanentError("JPEG header has no frame (SOF) marker: truncated or corrupt")
-
-
-def _png_size(data: bytes) -> tuple[int, int]:
-    if len(data) < 24 or data[12:16] != b"IHDR":
-        raise PermanentError("PNG header is truncated or has no IHDR chunk")
-    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return DecodedImage(tensor=tensor, pixels=pixels, width=width, height=height, mime=mime,
+                        truncated=end is None)
 
 
 def _decode_flags(width: int, height: int) -> int:

@@ -24,17 +24,19 @@ from hsid.pipeline.batcher import Batcher, NewDetection
 
 log = structlog.get_logger(__name__)
 
-# An event holds detections detected between its started_at and ended_at (the analyze worker
-# sets them from its first and last detection), so only events of the camera overlapping the
-# detections' time span can hold them: idx_events_camera_ended keeps this to a few rows.
+# An event holds detections that happened between its started_at and ended_at (the analyze
+# worker sets them from its first and last detection's capture time, else detection time), so
+# only events of the camera overlapping the detections' time span can hold them:
+# idx_events_camera_ended keeps this to a few rows.
 SELECT_OVERLAPPING_EVENTS = """
 SELECT detection_ids FROM events
 WHERE camera_id = $1 AND ended_at >= $2 AND started_at <= $3
   AND batch_id IS DISTINCT FROM $4
 """
 SELECT_RECENT_DETECTIONS = """
-SELECT id, camera_id, detected_at, object_type, confidence FROM detections
-WHERE detected_at >= $1 ORDER BY camera_id, detected_at, id
+SELECT id, camera_id, coalesce(captured_at, detected_at) AS happened_at, object_type,
+       confidence
+FROM detections WHERE detected_at >= $1 ORDER BY camera_id, happened_at, id
 """
 SELECT_RECENT_EVENTS = "SELECT detection_ids FROM events WHERE ended_at >= $1"
 
@@ -53,9 +55,10 @@ def event_detection_ids(text: str | None) -> list[int]:
 async def covered_ids(conn: asyncpg.Pool | asyncpg.Connection, camera_id: str,
                       ids: Collection[int], first: datetime, last: datetime,
                       except_batch: str | None = None) -> set[int]:
-    """Those of `ids` (detections of `camera_id` detected from `first` to `last`) that an
-    event already holds, leaving out the event of `except_batch`. Inside a transaction that
-    holds the camera's event lock the answer stays true until the transaction ends."""
+    """Those of `ids` (detections of `camera_id` that happened, by capture time else
+    detection time, from `first` to `last`) that an event already holds, leaving out the
+    event of `except_batch`. Inside a transaction that holds the camera's event lock the
+    answer stays true until the transaction ends."""
     wanted = set(ids)
     covered: set[int] = set()
     for row in await conn.fetch(SELECT_OVERLAPPING_EVENTS, camera_id, first, last,
@@ -67,10 +70,13 @@ async def covered_ids(conn: asyncpg.Pool | asyncpg.Connection, camera_id: str,
 async def rebatch_orphans(pool: asyncpg.Pool, batcher: Batcher, config: BatchConfig,
                           since: datetime) -> int:
     """Batch again every detection detected at or after `since` that no event holds; returns
-    how many. A camera's orphans are cut into batches as the batcher cuts live ones (window,
-    idle gap, size), each closed at once, so an event never spans hours of old detections."""
+    how many. A camera's orphans are cut into batches by capture time as the batcher cuts
+    live ones (window, idle gap, size), each closed at once, so an event never spans hours
+    of old detections."""
     rows = await pool.fetch(SELECT_RECENT_DETECTIONS, since)
-    covered = {i for row in await pool.fetch(SELECT_RECENT_EVENTS, since)
+    # A backlog's events end when it was captured, before `since` perhaps.
+    oldest = min([since, *(row["happened_at"] for row in rows)])
+    covered = {i for row in await pool.fetch(SELECT_RECENT_EVENTS, oldest)
                for i in event_detection_ids(row["detection_ids"])}
     orphans = [row for row in rows if row["id"] not in covered]
     for camera_id, group in itertools.groupby(orphans, key=lambda row: row["camera_id"]):
@@ -86,13 +92,13 @@ async def rebatch_orphans(pool: asyncpg.Pool, batcher: Batcher, config: BatchCon
 
 
 def _runs(rows: Sequence[asyncpg.Record], config: BatchConfig) -> Iterator[list[asyncpg.Record]]:
-    """A camera's detections (in time order) cut where a live batch would have closed."""
+    """A camera's detections (in capture order) cut where a live batch would have closed."""
     run: list[asyncpg.Record] = []
     for row in rows:
         if run and (len(run) >= config.max_detections
-                    or (row["detected_at"] - run[0]["detected_at"]).total_seconds()
+                    or (row["happened_at"] - run[0]["happened_at"]).total_seconds()
                     >= config.window_seconds
-                    or (row["detected_at"] - run[-1]["detected_at"]).total_seconds()
+                    or (row["happened_at"] - run[-1]["happened_at"]).total_seconds()
                     >= config.idle_seconds):
             yield run
             run = []

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import math
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
 import structlog
 
-from hsid import metrics
 from hsid.errors import InvalidInput, PermanentError
 from hsid.pipeline.detector import DecodedImage, ObjectDetection
 
@@ -21,9 +17,6 @@ log = structlog.get_logger(__name__)
 MARGIN = 0.10  # of the box's width/height, on each side: a little context around the object
 JPEG_QUALITY = 85  # small files that still show a face or a plate
 THUMBNAILS_DIR = "thumbnails"
-# Out of space or over quota: the state dir will take files again once the user makes room,
-# so a detection is stored without its thumbnail rather than held back or lost.
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def make_thumbnail(image: DecodedImage, det: ObjectDetection, max_side: int) -> bytes:
@@ -64,51 +57,3 @@ def thumbnail_path(state_dir: Path, camera_id: str, detected_at: datetime, name:
         detected_at = detected_at.astimezone(UTC)
     day = detected_at.strftime("%Y-%m-%d")
     return Path(state_dir) / THUMBNAILS_DIR / camera_id / day / f"{name}.jpg"
-
-
-def write_thumbnail(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (temporary file, then rename), creating folders.
-
-    A reader never sees half a thumbnail, and re-running a job just replaces the file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-class ThumbnailWriter:
-    """Writes thumbnails and rides out a full state dir.
-
-    `write` returns False instead of raising when the disk is full (DISK_FULL_ERRNOS): the
-    caller stores its detection with thumbnail_path NULL, so a full disk never loses
-    detections. Each outage is logged once at error (`thumbnails_unwritable`) and its end at
-    info (`thumbnails_writable_again`, on the first write that succeeds), every thumbnail not
-    written is counted (metrics.THUMBNAILS_NOT_WRITTEN), and nothing half-written stays
-    behind. Other OSErrors propagate. Blocking; used from one thread at a time.
-    """
-
-    def __init__(self) -> None:
-        self._unwritable = False
-
-    def write(self, path: Path, data: bytes) -> bool:
-        """Write `data` to `path` like write_thumbnail; False when the disk was full."""
-        try:
-            write_thumbnail(path, data)
-        except OSError as err:
-            if err.errno not in DISK_FULL_ERRNOS:
-                raise
-            metrics.THUMBNAILS_NOT_WRITTEN.inc()
-            if not self._unwritable:
-                self._unwritable = True
-                log.error("thumbnails_unwritable", path=str(path), error=str(err))
-            return False
-        if self._unwritable:
-            self._unwritable = False
-            log.info("thumbnails_writable_again", path=str(path))
-        return True

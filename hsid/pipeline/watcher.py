@@ -1,10 +1,10 @@
 """Watcher: notices complete images in the camera folders and queues them for detection.
 
-FTP uploads arrive in pieces, so a file is taken only once it is complete: a JPEG must end
-with its end-of-image marker and a PNG with its IEND chunk, and size and mtime must have been
-stable for the settle time (short for a finished JPEG). A file that never completes is given
-up after `give_up_seconds` (the rules are in settle.py). Files that arrived while hsid was
-down are found at start-up.
+FTP uploads arrive in pieces, so a file is taken only once it is complete: a JPEG's or
+PNG's image must have ended (trailing bytes allowed), and size and mtime must have been
+stable for the settle time (short for a finished JPEG). An upload that stalls before its end
+is taken as it is after `stall_seconds` (the rules are in settle.py): nothing is given up.
+Files that arrived while hsid was down are found at start-up.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -28,22 +28,23 @@ from hsid.config import DedupeConfig, PathsConfig, WatcherConfig
 from hsid.constants import RECONCILE_CHECK_SECONDS, RECONCILED_PREFIX
 from hsid.errors import InvalidInput, Unavailable
 from hsid.keyspace import Keyspace
-from hsid.metrics import IMAGES_DEDUPLICATED, IMAGES_RECEIVED, IMAGES_REJECTED
+from hsid.metrics import FILES_IGNORED, IMAGES_DEDUPLICATED, IMAGES_RECEIVED, IMAGES_REJECTED
 from hsid.pipeline.cameras import (
     CameraStatusMonitor,
-    ignore_reason,
     mark_seen,
     normalize_camera_id,
     refusal,
     register_camera,
-    scan_images,
 )
-from hsid.pipeline.dedupe import content_claim
+from hsid.pipeline.filesystems import watch_mode
+from hsid.pipeline.layout import ROOT, CameraLayout, CameraSource
 from hsid.pipeline.settle import Completeness, Probe, SettleTracker, Verdict, probe_file
+from hsid.pipeline.snapshots import Uploads, known_files
+from hsid.queues import Claim
 from hsid.runtime import pause
 
 if TYPE_CHECKING:
-    from hsid.queues import Claim, ReliableQueue
+    from hsid.queues import ReliableQueue
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +55,6 @@ STATUS_CHECK_SECONDS = 10.0  # folder-gone and offline rules; sooner for a short
 WATCH_STEP_MS = 50
 WATCH_DEBOUNCE_MS = 200
 
-SELECT_PROCESSED_FILES = "SELECT file_path FROM detections WHERE file_path = any($1::text[])"
 
 
 @dataclass(slots=True)
@@ -67,8 +67,12 @@ class ChangeSet:
     folder_gone: bool = False  # a camera folder disappeared
 
 
-def sort_changes(batch: set[tuple[Change, str]], root: Path) -> ChangeSet:
-    """Sort a batch of changes under `root`; blocking (it looks at each path)."""
+def sort_changes(batch: set[tuple[Change, str]], layout: CameraLayout) -> ChangeSet:
+    """Sort a batch of changes under the camera root; blocking (it looks at each path).
+
+    A file not taken is counted by reason when it appears (added), not at each write.
+    """
+    root = layout.root
     changes = ChangeSet()
     for change, raw in sorted(batch, key=lambda item: item[1]):
         path = Path(raw)
@@ -82,8 +86,10 @@ def sort_changes(batch: set[tuple[Change, str]], root: Path) -> ChangeSet:
             hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
             if change is Change.added and not hidden:
                 changes.new_folders.append(path)
-        elif (reason := ignore_reason(path, root)) is not None:
+        elif (reason := layout.ignore_reason(path)) is not None:
             log.debug("file_ignored", path=raw, reason=reason)
+            if change is Change.added:
+                FILES_IGNORED.labels(reason=reason).inc()
         else:
             changes.candidates.append(path)
     return changes
@@ -119,19 +125,26 @@ class Watcher:
         self._stopping = stopping
         self._tracker = SettleTracker(config)
         self._statuses = CameraStatusMonitor(pool, config.offline_after_minutes)
-        self._cameras: dict[Path, str] = {}  # registered folder -> camera id
+        self._uploads = Uploads(pool, paths.state_dir)
+        self._layout = CameraLayout(self._root, config)
+        self._cameras: dict[tuple[str, str], str] = {}  # CameraSource.key -> camera id
+        self._root_file_warned = False  # one warning per run for files straight in the root
         self._reconciled = keyspace.key(RECONCILED_PREFIX + "watch")
 
     async def run(self) -> None:
         """Watch until `stopping` is set; pending files are left to the next start-up scan."""
         if not await asyncio.to_thread(self._root.is_dir):
             raise Unavailable(f"camera root {self._root} is not a folder")
-        log.info("watcher_started", camera_root=str(self._root))
+        mode = await asyncio.to_thread(watch_mode, self._root, self._config.polling)
+        log.info("watcher_started", camera_root=str(self._root), polling=mode.polling,
+                 file_system=mode.file_system, reason=mode.reason,
+                 **({"poll_interval_seconds": self._config.poll_interval_seconds}
+                    if mode.polling else {}))
         # watchfiles sets its stop_event when the watch is cancelled: it gets its own, never
         # the daemon's, or a crash here would look like SIGTERM and end hsid with status 0.
         watch_stop = asyncio.Event()
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._watch_loop(watch_stop))
+            group.create_task(self._watch_loop(watch_stop, mode.polling))
             group.create_task(_relay(self._stopping, watch_stop))
             # One turn of the loop lets the watch task set up inotify, so that a file arriving
             # during the start-up scan is seen by one or the other (or both: that is harmless).
@@ -148,17 +161,20 @@ class Watcher:
 
     def _changes(self, stop: asyncio.Event,
                  force_polling: bool) -> AsyncGenerator[set[tuple[Change, str]], None]:
+        # force_polling is always given: watcher.polling already took WATCHFILES_FORCE_POLLING
+        # in (config.py), and "auto" was decided by watch_mode.
         return awatch(
             self._root, watch_filter=None, debounce=WATCH_DEBOUNCE_MS, step=WATCH_STEP_MS,
             stop_event=stop, recursive=True, force_polling=force_polling,
+            poll_delay_ms=round(self._config.poll_interval_seconds * 1000),
         )
 
-    async def _watch_loop(self, stop: asyncio.Event) -> None:
-        changes = self._changes(stop, force_polling=False)
+    async def _watch_loop(self, stop: asyncio.Event, polling: bool) -> None:
+        changes = self._changes(stop, force_polling=polling)
         try:
             batch = await anext(changes, None)
         except OSError as err:  # no inotify here, or its watch limit is reached
-            if isinstance(err, FileNotFoundError):
+            if isinstance(err, FileNotFoundError) or polling:
                 raise
             log.warning("watcher_polling_fallback", error=str(err))
             changes = self._changes(stop, force_polling=True)
@@ -169,7 +185,7 @@ class Watcher:
 
     async def _on_changes(self, batch: set[tuple[Change, str]]) -> None:
         now = time.monotonic()
-        changes = await asyncio.to_thread(sort_changes, batch, self._root)
+        changes = await asyncio.to_thread(sort_changes, batch, self._layout)
         for path in changes.deleted:
             self._tracker.discard(path)
         for folder in changes.new_folders:
@@ -185,45 +201,70 @@ class Watcher:
     # --- camera folders -----------------------------------------------------------------------
 
     async def _register_existing(self) -> list[Path]:
+        """Register the camera folders already there; returns where the start-up scan looks:
+        the whole root, whose files may sit in it or be claimed by the camera pattern, and
+        the symlinked folders the walk does not enter, whose files are refused by name."""
         folders = await asyncio.to_thread(
             lambda: sorted(
-                entry for entry in self._root.iterdir()
+                (entry, entry.is_symlink()) for entry in self._root.iterdir()
                 if entry.is_dir() and not entry.name.startswith(".")
             )
         )
-        for folder in folders:
+        for folder, _ in folders:
             await self._register_folder(folder)
-        return folders
+        return [self._root, *(folder for folder, linked in folders if linked)]
 
     async def _register_folder(self, folder: Path) -> str | None:
-        """The camera id for a folder, registering it when new; None for a refused folder."""
-        if folder in self._cameras:
-            return self._cameras[folder]
-        if await asyncio.to_thread(folder.is_symlink):
-            log.warning("camera_folder_refused", folder=str(folder), reason="symlink")
+        """Register a top-level folder as a camera as soon as it exists, so its status is
+        watched before its first image; None for a refused folder. With a camera pattern
+        a folder may hold only pattern cameras (`NVR`): it becomes a camera at its first
+        file the pattern leaves, if any."""
+        if self._layout.has_pattern:
+            return None
+        return await self._register(self._layout.folder_source(folder))
+
+    async def _register(self, source: CameraSource) -> str | None:
+        """The camera id of a source, registering it when new; None for a refused folder."""
+        if (camera_id := self._cameras.get(source.key)) is not None:
+            return camera_id
+        if source.own_folder and await asyncio.to_thread(source.folder.is_symlink):
+            log.warning("camera_folder_refused", folder=str(source.folder), reason="symlink")
             return None
         try:
-            camera_id = await register_camera(self._pool, folder)
+            camera_id = await register_camera(self._pool, source)
         except InvalidInput as err:
-            log.warning("camera_folder_refused", folder=str(folder), reason=str(err))
+            log.warning("camera_folder_refused", folder=str(source.folder), reason=str(err))
             return None
-        self._cameras[folder] = camera_id
+        self._cameras[source.key] = camera_id
         return camera_id
 
+    async def _resolve(self, path: Path) -> tuple[CameraSource, str | None, str]:
+        """A complete file's camera source and id, or no id and why it is refused."""
+        source = self._layout.source_of(path)
+        if reason := await asyncio.to_thread(refusal, path, self._root):
+            return source, None, reason
+        if (camera_id := await self._register(source)) is None:
+            return source, None, "camera_folder_refused"
+        if source.kind == ROOT and not self._root_file_warned:
+            self._root_file_warned = True
+            log.warning("image_in_camera_root", path=str(path), camera=camera_id,
+                        hint="give each camera a folder, or set watcher.camera_pattern; "
+                             "further such files are taken without this warning")
+        return source, camera_id, ""
+
     async def _track_existing(self, folders: list[Path]) -> None:
-        """Track images already in `folders` that detection has not stored yet."""
+        """Track images in `folders` that were not dealt with yet: a file still as it was
+        when its snapshot was recorded (processed or dead-lettered) is left alone."""
         cutoff = time.time() - self._config.startup_lookback_hours * 3600
-        found = await asyncio.to_thread(scan_images, folders, self._root, cutoff)
-        rows = await self._pool.fetch(SELECT_PROCESSED_FILES, [str(path) for path in found])
-        processed = {row["file_path"] for row in rows}
+        found = await asyncio.to_thread(
+            lambda: _with_signatures(self._layout.scan(folders, cutoff)))
+        known = await known_files(self._pool, [path for path, _, _ in found])
         now = time.monotonic()
-        for path in found:
-            if str(path) not in processed:
-                self._tracker.track(path, now)
-        log.info(
-            "existing_images_scanned", folders=len(folders), found=len(found),
-            already_processed=len(processed),
-        )
+        fresh = [path for path, size, mtime_ns in found if (str(path), size, mtime_ns) not in known]
+        for path in fresh:
+            self._tracker.track(path, now)
+        log.info("existing_images_scanned", folders=len(folders), found=len(found),
+                 already_done=len(found) - len(fresh))
 
     # --- completion -------------------------------------------------------------------------
 
@@ -244,57 +285,67 @@ class Watcher:
                 continue
             verdict = self._tracker.check(path, probe, now)
             if verdict is Verdict.READY:
+                if probe.completeness is Completeness.INCOMPLETE:
+                    log.warning("image_stalled", path=str(path), size=probe.size,
+                                stalled_seconds=self._config.stall_seconds,
+                                action="taken as it is")
                 await self._take(path, probe)
-            elif verdict is Verdict.GIVE_UP:
-                log.warning(
-                    "image_given_up", path=str(path), size=probe.size,
-                    reason="no_end_marker" if probe.completeness is Completeness.INCOMPLETE
-                    else "still_changing",
-                    waited_seconds=self._config.give_up_seconds,
-                )
             if self._stopping.is_set():
                 return
 
     async def _take(self, path: Path, probe: Probe) -> None:
         """Refuse, dedupe, record and queue one complete image."""
-        folder = self._root / path.relative_to(self._root).parts[0]
-        reason = await asyncio.to_thread(refusal, path, self._root)
-        camera_id = None if reason else await self._register_folder(folder)
+        source, camera_id, reason = await self._resolve(path)
+        folder = source.folder
         if camera_id is None:
-            _reject(path, folder, reason or "camera_folder_refused")
+            _reject(path, folder, reason)
             return
         # Recorded before the claim: a database outage here leaves no claim behind that
         # would make the file a "duplicate" when it is scanned again.
-        await self._mark_seen(folder, camera_id)
+        camera_id = await self._mark_seen(source, camera_id)
         try:
-            claim = await content_claim(self._keyspace, path, self._dedupe_ttl)
+            upload = await self._uploads.prepare(path, camera_id)
         except FileNotFoundError:
             return  # deleted after it settled: nothing to process
         except OSError as err:
             _reject(path, folder, f"unreadable: {err.strerror}")
             return
-        item = {"camera_id": camera_id, "file_path": str(path), "timestamp": utc_timestamp()}
+        if upload is None:
+            self._duplicate(path, probe, camera_id, "processed before")
+            return
+        item = {"camera_id": camera_id, "file_path": str(path), "timestamp": utc_timestamp(),
+                **upload.item_fields()}
+        # Empty files all share one hash; each is dead-lettered under its own name.
+        claim = (Claim(self._keyspace.dedupe(upload.sha256), str(path), self._dedupe_ttl)
+                 if upload.size else None)
         pushed, holder = await self._push(item, claim)
         if holder is not None:
-            self._tracker.remember_taken(path, probe)
-            IMAGES_DEDUPLICATED.labels(camera=camera_id).inc()
-            log.info("image_duplicate", path=str(path), original=holder, claim=claim.key)
+            self._duplicate(path, probe, camera_id, holder)
         elif pushed:
             self._tracker.remember_taken(path, probe)
             IMAGES_RECEIVED.labels(camera=camera_id).inc()
-            log.info("image_queued", camera=camera_id, path=str(path), size=probe.size,
-                     claim=claim.key)
+            log.info("image_queued", camera=camera_id, path=str(path), size=upload.size,
+                     sha256=upload.sha256, copy=upload.image_path != str(path))
 
-    async def _mark_seen(self, folder: Path, camera_id: str) -> None:
+    def _duplicate(self, path: Path, probe: Probe, camera_id: str, original: str) -> None:
+        self._tracker.remember_taken(path, probe)
+        IMAGES_DEDUPLICATED.labels(camera=camera_id).inc()
+        log.info("image_duplicate", path=str(path), original=original)
+
+    async def _mark_seen(self, source: CameraSource, camera_id: str) -> str:
+        """Mark the camera seen; returns its id, which is new when the row had gone."""
         if not await mark_seen(self._pool, camera_id):
             # The row was deleted (through the API) while its folder still receives images:
-            # register it again, as for any new folder, so the detections have their camera.
-            self._cameras.pop(folder, None)
-            await self._register_folder(folder)
+            # register it again, as for any new folder, so the detections have their camera
+            # (under the id of a camera registered for the folder meanwhile, if there is one).
+            self._cameras.pop(source.key, None)
+            camera_id = await self._register(source) or camera_id
             await mark_seen(self._pool, camera_id)
         self._statuses.image_seen(camera_id)
+        return camera_id
 
-    async def _push(self, item: dict[str, str], claim: Claim) -> tuple[bool, str | None]:
+    async def _push(self, item: dict[str, Any],
+                    claim: Claim | None) -> tuple[bool, str | None]:
         """Queue the image with its dedupe claim unless hsid stops first (the queue may be
         full): (pushed, None), or (False, holder) for a duplicate, or (False, None) when
         abandoned; an abandoned push took no claim, so the next start-up scan takes it."""
@@ -333,11 +384,23 @@ class Watcher:
             if await state_lost(self._redis, self._reconciled):
                 log.warning("redis_state_lost", duty="watch", action="rescanning folders")
                 self._tracker.forget_taken()
-                await self._track_existing(sorted(self._cameras))
+                await self._track_existing([self._root])
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep up to `seconds`; True (at once) when the daemon is stopping."""
         return await pause(self._stopping, seconds)
+
+
+def _with_signatures(paths: list[Path]) -> list[tuple[Path, int, int]]:
+    """Blocking: each file with its size and mtime (ns); files gone meanwhile left out."""
+    found = []
+    for path in paths:
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        found.append((path, info.st_size, info.st_mtime_ns))
+    return found
 
 
 async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
@@ -347,8 +410,6 @@ async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
 
 def _reject(path: Path, folder: Path, reason: str) -> None:
     log.warning("image_rejected", path=str(path), reason=reason)
-    try:
-        camera = normalize_camera_id(folder.name)
-    except InvalidInput:
-        camera = "unknown"
-    IMAGES_REJECTED.labels(camera=camera).inc()
+    IMAGES_REJECTED.labels(camera=normalize_camera_id(folder.name)).inc()
+    # "unreadable: <strerror>" is counted as "unreadable": a label takes few values.
+    FILES_IGNORED.labels(reason=reason.partition(":")[0]).inc()

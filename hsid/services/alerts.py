@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import datetime, time, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -92,7 +92,8 @@ def schedule_problem(schedule: Mapping[str, Any]) -> str | None:
 
     {"days": ["mon", ...], "start": "22:00", "end": "06:00", "timezone": "Europe/Berlin"}:
     every key optional; start after end spans midnight; the timezone defaults to the
-    server's; the time checked is when the event started.
+    site's ([site] timezone); the time checked is when the event started (its first
+    snapshot's capture time).
     """
     if unknown := sorted(set(schedule) - SCHEDULE_KEYS):
         expected = ", ".join(sorted(SCHEDULE_KEYS))
@@ -113,10 +114,12 @@ def schedule_problem(schedule: Mapping[str, Any]) -> str | None:
     return None
 
 
-def in_schedule(schedule: Mapping[str, Any], moment: datetime) -> bool:
-    """Does a valid schedule (see schedule_problem) cover `moment`?"""
+def in_schedule(schedule: Mapping[str, Any], moment: datetime,
+                site_zone: tzinfo | None = None) -> bool:
+    """Does a valid schedule (see schedule_problem) cover `moment`? A schedule without a
+    timezone is read in `site_zone` (None: the system's)."""
     zone = schedule.get("timezone")
-    local = moment.astimezone(_timezone(zone) if zone else None)
+    local = moment.astimezone(_timezone(zone) if zone else site_zone)
     start, end = _clock_time(schedule.get("start")), _clock_time(schedule.get("end"))
     day = local.weekday()
     if start is not None and end is not None:
@@ -133,8 +136,10 @@ def in_schedule(schedule: Mapping[str, Any], moment: datetime) -> bool:
     return not days or WEEKDAYS[day] in days
 
 
-def match_rule(rule: Mapping[str, Any], event: EventFacts) -> RuleMatch | None:
-    """The rule's match for `event`, or None when one of its set conditions fails."""
+def match_rule(rule: Mapping[str, Any], event: EventFacts,
+               site_zone: tzinfo | None = None) -> RuleMatch | None:
+    """The rule's match for `event`, or None when one of its set conditions fails;
+    schedules without a timezone are read in `site_zone`."""
     if rule["camera_ids"] and event.camera_id not in rule["camera_ids"]:
         return None
     if rule["risk_threshold"] is not None and event.risk_score < rule["risk_threshold"]:
@@ -144,7 +149,7 @@ def match_rule(rule: Mapping[str, Any], event: EventFacts) -> RuleMatch | None:
         if problem := schedule_problem(schedule):
             log.warning("alert_rule_schedule_ignored", rule_id=str(rule["id"]),
                         rule=rule["name"], problem=problem)
-        elif not in_schedule(schedule, event.started_at):
+        elif not in_schedule(schedule, event.started_at, site_zone):
             return None
     detection = next((d for d in event.detections if _detection_matches(rule, d)), None)
     asks_of_detection = (rule["object_types"] or rule["zone_ids"]
@@ -154,13 +159,13 @@ def match_rule(rule: Mapping[str, Any], event: EventFacts) -> RuleMatch | None:
     return RuleMatch(rule, detection, _dedup_key(rule, event, detection))
 
 
-async def raise_alert(conn: asyncpg.Connection, event: EventFacts,
-                      config: AlertsConfig) -> dict[str, Any] | None:
+async def raise_alert(conn: asyncpg.Connection, event: EventFacts, config: AlertsConfig, *,
+                      zone: tzinfo | None = None) -> dict[str, Any] | None:
     """Evaluate the enabled rules for `event` and insert its alert; returns the alert as
     channels send it (alert_data), None when no rule matched or all that did are in
     cooldown. Call it inside the transaction that inserts the event."""
     rules = await conn.fetch(SELECT_ENABLED_RULES)
-    matches = [m for rule in rules if (m := match_rule(rule, event)) is not None]
+    matches = [m for rule in rules if (m := match_rule(rule, event, zone)) is not None]
     live = []
     for match in sorted(matches, key=lambda m: m.dedup_key):  # one lock order: no deadlock
         await conn.execute(LOCK_DEDUP_KEY, match.dedup_key)

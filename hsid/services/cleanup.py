@@ -16,7 +16,7 @@ import stat
 import time as clock
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta, tzinfo
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,6 +28,7 @@ from hsid.config import Config, PathsConfig, RetentionConfig
 from hsid.db import create_pool
 from hsid.errors import STORE_ERRORS
 from hsid.keyspace import Keyspace
+from hsid.pipeline.snapshots import SNAPSHOTS_DIR
 from hsid.services.locks import singleton_lock
 
 log = structlog.get_logger(__name__)
@@ -59,6 +60,15 @@ ORDER BY id LIMIT $2
 SELECT_KEPT_THUMBNAILS = """
 SELECT DISTINCT thumbnail_path FROM detections
 WHERE detected_at >= $1 AND thumbnail_path IS NOT NULL
+"""
+# Snapshot records (hsid's extension) go with the detections of their age; a copy hsid
+# made of an upload (snapshots.py) goes with its record, whatever retention.delete_images.
+DELETE_OLD_SNAPSHOTS = """
+DELETE FROM snapshots WHERE ctid IN (SELECT ctid FROM snapshots WHERE taken_at < $1 LIMIT $2)
+RETURNING image_path, file_path
+"""
+SELECT_OLD_SNAPSHOT_COPIES = """
+SELECT image_path FROM snapshots WHERE taken_at < $1 AND image_path <> file_path
 """
 SELECT_KEPT_IMAGES = """
 SELECT DISTINCT file_path FROM detections WHERE detected_at >= $1 AND file_path = any($2::text[])
@@ -118,6 +128,7 @@ class _OldDetections:
     count: int = 0
     thumbnails: set[str] = field(default_factory=set)
     images: set[str] = field(default_factory=set)
+    copies: set[str] = field(default_factory=set)  # hsid's copies of uploads
 
 
 async def run_cleanup(
@@ -136,6 +147,7 @@ async def run_cleanup(
     stats = CleanupStats(retention_days=retention.days, dry_run=dry_run, timestamp=now)
     old = await _purge_detections(pool, cutoff, batch_size, dry_run)
     stats.detections_deleted = old.count
+    old.copies.update(await _purge_snapshots(pool, cutoff, batch_size, dry_run))
     for table, (_, counter, is_log) in AGED_TABLES.items():
         deleted = await _purge_aged(pool, table, log_cutoff if is_log else cutoff, batch_size,
                                     dry_run)
@@ -165,6 +177,21 @@ async def _purge_detections(
         await asyncio.sleep(0)  # let waiting pipeline work in between batches
 
 
+async def _purge_snapshots(
+    pool: asyncpg.Pool, cutoff: datetime, batch_size: int, dry_run: bool
+) -> set[str]:
+    """Delete old snapshot records batch by batch; returns their copies' paths."""
+    if dry_run:
+        return {r[0] for r in await pool.fetch(SELECT_OLD_SNAPSHOT_COPIES, cutoff)}
+    copies: set[str] = set()
+    while True:
+        rows = await pool.fetch(DELETE_OLD_SNAPSHOTS, cutoff, batch_size)
+        copies.update(r["image_path"] for r in rows if r["image_path"] != r["file_path"])
+        if len(rows) < batch_size:
+            return copies
+        await asyncio.sleep(0)
+
+
 async def _purge_aged(
     pool: asyncpg.Pool, table: str, cutoff: datetime, batch_size: int, dry_run: bool
 ) -> int:
@@ -183,18 +210,25 @@ async def _purge_files(
     pool: asyncpg.Pool, stats: CleanupStats, old: _OldDetections, retention: RetentionConfig,
     paths: PathsConfig, cutoff: datetime, now: datetime,
 ) -> None:
-    """Remove thumbnails (of old rows, and orphans) and, when enabled, original images."""
+    """Remove thumbnails (of old rows, and orphans), hsid's copies of old uploads and,
+    when enabled, original images."""
     kept_thumbnails = {r[0] for r in await pool.fetch(SELECT_KEPT_THUMBNAILS, cutoff)}
-    images: set[str] = set()
-    if retention.delete_images and old.images:
-        kept = await pool.fetch(SELECT_KEPT_IMAGES, cutoff, list(old.images))
-        images = old.images - {r[0] for r in kept}
+    copies_root = paths.state_dir / SNAPSHOTS_DIR
+    copies = old.copies | {path for path in old.images if Path(path).is_relative_to(copies_root)}
+    images = (old.images - copies) if retention.delete_images else set()
+    if images or copies:
+        kept = {r[0] for r in await pool.fetch(SELECT_KEPT_IMAGES, cutoff,
+                                               list(images | copies))}
+        images, copies = images - kept, copies - kept
     stats.thumbnails_deleted, thumbnail_bytes = await asyncio.to_thread(
         _remove_thumbnails, paths.state_dir, old.thumbnails, kept_thumbnails,
         now - ORPHAN_GRACE, stats.dry_run)
     stats.images_deleted, image_bytes = await asyncio.to_thread(
         _remove_files, images, paths.camera_root, stats.dry_run)
-    stats.space_reclaimed = thumbnail_bytes + image_bytes
+    copies_deleted, copy_bytes = await asyncio.to_thread(
+        _remove_files, copies, copies_root, stats.dry_run)
+    stats.images_deleted += copies_deleted
+    stats.space_reclaimed = thumbnail_bytes + image_bytes + copy_bytes
 
 
 def _remove_thumbnails(
@@ -272,22 +306,27 @@ def _prune_empty_folders(root: Path, older_than: datetime) -> None:
 
 
 def next_cleanup(cleanup_time: str, now: datetime) -> datetime:
-    """The first `cleanup_time` ("HH:MM", local) strictly after `now` (naive local time).
+    """The first `cleanup_time` ("HH:MM" on the wall clock) strictly after `now`, in the
+    zone `now` is in: the site's, or naive local time.
 
-    Naive local on purpose: `.timestamp()` then applies the DST offset of that day.
+    Wall-clock on purpose: `.timestamp()` then applies the DST offset of that day (a time
+    the clocks skip runs when they jump past it).
     """
     at = time.fromisoformat(cleanup_time)
-    today = datetime.combine(now.date(), at)
-    return today if today > now else datetime.combine(now.date() + timedelta(days=1), at)
+    today = datetime.combine(now.date(), at, tzinfo=now.tzinfo)
+    if today > now:
+        return today
+    return datetime.combine(now.date() + timedelta(days=1), at, tzinfo=now.tzinfo)
 
 
 class CleanupService:
-    """Stage: runs the cleanup every day at retention.cleanup_time (local time) in the
-    one process that takes lock:cleanup; a run that fails on a store is retried."""
+    """Stage: runs the cleanup every day at retention.cleanup_time (the site's local time)
+    in the one process that takes lock:cleanup; a run that fails on a store is retried."""
 
     def __init__(self, retention: RetentionConfig, paths: PathsConfig, pool: asyncpg.Pool,
                  redis: aioredis.Redis, stopping: asyncio.Event | None = None, *,
-                 keyspace: Keyspace) -> None:
+                 keyspace: Keyspace, zone: tzinfo | None = None) -> None:
+        self._zone = zone  # the site's; None: the system's
         self._retention = retention
         self._keyspace = keyspace
         self._paths = paths
@@ -296,7 +335,7 @@ class CleanupService:
         self._stopping = stopping or asyncio.Event()
 
     async def run(self) -> None:
-        due = next_cleanup(self._retention.cleanup_time, datetime.now())
+        due = next_cleanup(self._retention.cleanup_time, datetime.now(self._zone))
         while True:
             log.info("cleanup_scheduled", at=due.isoformat(timespec="minutes"))
             if await self._sleep_until(due.timestamp()):
@@ -306,9 +345,9 @@ class CleanupService:
             except STORE_ERRORS as err:
                 log.warning("cleanup_failed", error=str(err) or type(err).__name__,
                             retry_in_s=RETRY_AFTER_FAILURE_SECONDS)
-                due = datetime.now() + timedelta(seconds=RETRY_AFTER_FAILURE_SECONDS)
+                due = datetime.now(self._zone) + timedelta(seconds=RETRY_AFTER_FAILURE_SECONDS)
                 continue
-            due = next_cleanup(self._retention.cleanup_time, datetime.now())
+            due = next_cleanup(self._retention.cleanup_time, datetime.now(self._zone))
 
     async def run_once(self) -> CleanupStats | None:
         """One real cleanup under the lock; None when another process holds it."""

@@ -27,7 +27,7 @@ changes left open are resolved as "hsid restarted", since their view is no longe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 
 import asyncpg
 import cv2
@@ -173,8 +173,10 @@ class SceneMonitor:
         scene.streak_kind, scene.streak = None, 0
 
 
-async def scene_context(pool: asyncpg.Pool, camera_id: str) -> list[str]:
-    """Prompt lines for the scene changes still open on the camera."""
-    return [f"Scene change on this camera since {row['detected_at'].astimezone():%H:%M}: "
+async def scene_context(pool: asyncpg.Pool, camera_id: str,
+                        zone: tzinfo | None = None) -> list[str]:
+    """Prompt lines for the scene changes still open on the camera (times in `zone`, the
+    site's; None: the system's)."""
+    return [f"Scene change on this camera since {row['detected_at'].astimezone(zone):%H:%M}: "
             f"{DESCRIPTIONS.get(row['change_type'], row['change_type'])}."
             for row in await pool.fetch(SELECT_OPEN, camera_id)]

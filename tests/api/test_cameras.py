@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 from pathlib import Path
 
 import asyncpg
+import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
+from hsid.config import Config
+from hsid.pipeline.cameras import normalize_camera_id
 from tests import seed
+from tests.pipeline.samples import jpeg
+from tests.pipeline.test_watcher import running_watcher
 
 JPEG = b"\xff\xd8\xff\xe0fake jpeg\xff\xd9"
 
@@ -44,12 +51,48 @@ async def test_camera_conflicts_and_refusals(api_client: TestClient) -> None:
     climbing = await api_client.post("/api/cameras", json={"name": "x",
                                                            "folder_path": "../escape"})
     assert climbing.status == 422
-    unnamed = await api_client.post("/api/cameras", json={"name": "!!!"})
-    assert unnamed.status == 422 and (await unnamed.json())["error"]["field"] == "id"
+    same_folder = await api_client.post("/api/cameras", json={
+        "id": "porch_2", "name": "Porch 2", "folder_path": "porch"})
+    assert same_folder.status == 409  # one folder is one camera
+    bad_id = await api_client.post("/api/cameras", json={"id": "Porch!", "name": "x"})
+    assert bad_id.status == 422 and (await bad_id.json())["error"]["field"] == "id"
     nothing = await api_client.patch("/api/cameras/porch", json={})
     assert nothing.status == 422
     renamed_id = await api_client.patch("/api/cameras/porch", json={"id": "other"})
     assert renamed_id.status == 422
+
+
+async def test_a_name_in_any_script_gets_an_ascii_id(api_client: TestClient) -> None:
+    for name in ("前门", "!!!"):
+        created = await api_client.post("/api/cameras", json={"name": name})
+        assert created.status == 201
+        camera = await created.json()
+        assert camera["name"] == name
+        assert camera["id"] == normalize_camera_id(name)
+        assert re.fullmatch(r"cam-[0-9a-f]{6}", camera["id"])
+    indkorsel = await api_client.post("/api/cameras", json={"name": "Indkørsel"})
+    assert (await indkorsel.json())["id"] == "indkorsel"
+
+
+async def test_camera_registered_with_a_folder_is_watched_there_under_its_id(
+    api_client: TestClient, config: Config, db: asyncpg.Pool, redis: aioredis.Redis,
+    camera_root: Path,
+) -> None:
+    created = await api_client.post("/api/cameras", json={
+        "id": "gate", "name": "Gate north", "folder_path": "Einfahrt"})
+    assert created.status == 201
+    folder = camera_root / "Einfahrt"
+    async with running_watcher(config, db, redis) as watcher:
+        folder.mkdir()  # the folder appears after the camera was registered
+        await asyncio.sleep(0.3)
+        (folder / "snap.jpg").write_bytes(jpeg(1))
+        [item] = await watcher.items(1)
+
+    assert item["camera_id"] == "gate"
+    rows = await db.fetch("SELECT id, name, folder_path, last_seen_at FROM cameras")
+    assert [(row["id"], row["name"], row["folder_path"]) for row in rows] == [
+        ("gate", "Gate north", str(folder))]
+    assert rows[0]["last_seen_at"] is not None
 
 
 async def test_missing_camera_is_404(api_client: TestClient) -> None:

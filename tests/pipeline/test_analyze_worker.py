@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
@@ -16,8 +18,9 @@ from structlog.testing import capture_logs
 from hsid import metrics
 from hsid.config import Config
 from hsid.keyspace import Keyspace
-from hsid.pipeline.analyze_worker import LOCK_CAMERA_EVENTS, AnalyzeWorker
-from hsid.pipeline.analyzer import RiskScorer
+from hsid.pipeline.analyze_worker import LOCK_CAMERA_EVENTS, AnalyzeWorker, batch_context
+from hsid.pipeline.analyzer import RiskScorer, build_prompt
+from hsid.pipeline.assessment import time_of_day
 from hsid.pipeline.prompts import seed_default_prompt
 from hsid.queues import ReliableQueue
 from hsid.services.zones import Zone, contains, zones_of_box
@@ -219,3 +222,56 @@ async def test_a_batch_that_crashed_the_daemon_twice_is_scored_by_the_rules(
     assert ("the LLM was not used (the LLM analysis crashed the daemon twice on this batch)"
             in event["reasoning"])
     assert metrics.REGISTRY.get_sample_value(*sample) == before + 1
+
+
+@pytest.fixture
+def server_in_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's own clock in UTC (TZ=UTC), as many servers run, whatever this machine's."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+async def test_a_server_in_utc_sees_the_houses_afternoon_as_afternoon(
+    server_in_utc: None, config: Config, db: asyncpg.Pool, redis: aioredis.Redis,
+    keyspace: Keyspace,
+) -> None:
+    la = ZoneInfo("America/Los_Angeles")
+    house = config.with_overrides({"site": {"timezone": "America/Los_Angeles"}})
+    afternoon = datetime(2026, 11, 24, 15, 30, tzinfo=la)  # a Tuesday; 23:30 UTC
+    await db.execute("INSERT INTO cameras (id, name, folder_path) VALUES ($1, 'Driveway', '/x')",
+                     CAMERA)
+    await db.execute("INSERT INTO alert_rules (name, severity, schedule) VALUES ('night', "
+                     "'high', $1)", {"start": "22:00", "end": "06:00"})
+    await seed_default_prompt(db)
+    detection = await db.fetchval(
+        "INSERT INTO detections (camera_id, file_path, captured_at, object_type, confidence, "
+        "bbox_x, bbox_y, bbox_width, bbox_height) VALUES ($1, '/x/a.jpg', $2, 'person', 0.95,"
+        " 100, 100, 200, 400) RETURNING id", CAMERA, afternoon)
+    scorer = RiskScorer(house.analyzer)
+    await scorer.load()
+    queue = ReliableQueue(redis, "analysis_queue", "test-analyze-la", house.queues,
+                          keyspace=keyspace)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(
+        AnalyzeWorker(house, db, redis, queue, scorer, stopping, keyspace=keyspace).run())
+    try:
+        await queue.push({"batch_id": "la", "camera_id": CAMERA, "detection_ids": [detection]})
+        event = await eventually(lambda: db.fetchrow("SELECT * FROM events"))
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 10)
+
+    assert event["started_at"] == afternoon
+    assert "1 person in the afternoon (Tue 15:30)" in event["summary"]
+    assert (event["risk_score"], event["risk_level"]) == (49, "medium")  # not 73, high
+    assert "Night" not in event["reasoning"]
+    assert await db.fetchval("SELECT count(*) FROM alerts") == 0  # the night rule stays quiet
+    rows = await db.fetch("SELECT * FROM detections")
+    context = await batch_context(db, house, CAMERA, rows)
+    assert "Local time: Tuesday 2026-11-24 15:30 (afternoon)" in build_prompt(context)
+    # Left to the server's zone, the same moment is 23:30: night.
+    server = await batch_context(db, config, CAMERA, rows)
+    assert (server.local_time.hour, time_of_day(server.local_time)) == (23, "night")

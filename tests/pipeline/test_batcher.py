@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 
@@ -121,3 +122,64 @@ async def test_racing_sweepers_close_each_batch_exactly_once(
     items = await analysis_items(redis, keyspace)
     assert sorted(i["detection_ids"][0] for i in items) == list(range(20))
     assert len({i["batch_id"] for i in items}) == 20
+
+
+# --- Backlogs: snapshots taken well before they arrived -------------------------------------
+
+ARRIVED = datetime(2025, 11, 23, 8, 40, tzinfo=UTC)
+
+
+def taken(minutes_before: float) -> dict[str, datetime]:
+    return {"captured_at": ARRIVED - timedelta(minutes=minutes_before), "arrived_at": ARRIVED}
+
+
+async def test_a_backlog_is_batched_apart_from_the_live_batch_and_cut_by_capture_time(
+    redis: aioredis.Redis, keyspace: Keyspace,
+) -> None:
+    batcher = Batcher(BatchConfig(window_seconds=90, idle_seconds=60), redis, keyspace)
+    live = await batcher.add("yard", [det(1)], **taken(0.1))  # within backlog_seconds
+    first = await batcher.add("yard", [det(2)], **taken(7 * 60))  # 01:40
+    assert await batcher.add("yard", [det(3)], **taken(7 * 60 - 0.5)) == first  # 30 s later
+    second = await batcher.add("yard", [det(4)], **taken(4 * 60))  # 04:40: hours later
+
+    assert len({live, first, second}) == 3
+    assert (await redis.get(keyspace.batch_current("yard"))).decode() == live
+    assert (await redis.get(keyspace.batch_backlog("yard"))).decode() == second
+    [closed] = await analysis_items(redis, keyspace)  # the first backlog batch, cut at once
+    assert (closed["batch_id"], closed["detection_ids"]) == (first, [2, 3])
+    assert not await redis.exists(keyspace.batch_captured(first))  # its keys all went
+
+
+async def test_a_backlog_batch_keeps_the_window_by_capture_time(
+    redis: aioredis.Redis, keyspace: Keyspace,
+) -> None:
+    batcher = Batcher(BatchConfig(window_seconds=90, idle_seconds=60), redis, keyspace)
+    ids = [await batcher.add("yard", [det(n)], **taken(60 - n * 0.75)) for n in range(4)]
+    # captured 0, 45, 90 and 135 s after the first: the third is a window after the first
+    assert ids[0] == ids[1] != ids[2] == ids[3]
+
+
+async def test_the_sweeper_closes_a_backlog_batch_once_the_backlog_stops_coming(
+    redis: aioredis.Redis, keyspace: Keyspace,
+) -> None:
+    batcher = Batcher(BatchConfig(window_seconds=0.2, idle_seconds=0.4), redis, keyspace)
+    batch_id = await batcher.add("yard", [det(1)], **taken(120))
+    await asyncio.sleep(0.3)  # past the live window: a backlog batch is not closed by it
+    await batcher.add("yard", [det(2)], **taken(120))
+    assert await batcher.sweep() == 0
+    await asyncio.sleep(0.5)
+    assert await batcher.sweep() == 1
+    [item] = await analysis_items(redis, keyspace)
+    assert (item["batch_id"], item["camera_id"], item["detection_ids"]) == (batch_id, "yard",
+                                                                           [1, 2])
+    assert [k async for k in redis.scan_iter(match=f"{keyspace.prefix}*batch*")] == []
+
+
+async def test_without_a_capture_time_or_a_recent_one_detections_join_the_live_batch(
+    redis: aioredis.Redis, keyspace: Keyspace,
+) -> None:
+    batcher = Batcher(BatchConfig(backlog_seconds=300), redis, keyspace)
+    a = await batcher.add("yard", [det(1)])
+    b = await batcher.add("yard", [det(2)], **taken(4))  # 4 minutes: a slow upload, not a backlog
+    assert a == b
+    assert not await redis.exists(keyspace.batch_backlog("yard"))

@@ -13,7 +13,6 @@ from typing import Any
 
 import asyncpg
 import cv2
-import numpy as np
 import pytest
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
@@ -26,21 +25,12 @@ from hsid.pipeline.batcher import Batcher
 from hsid.pipeline.detect_worker import DetectWorker
 from hsid.pipeline.detector import DecodedImage, Detector, ObjectDetection
 from hsid.queues import ReliableQueue
+from tests.pipeline.samples import snapshot
 from tests.support import eventually
 
 CAMERA = "front_door"
 RED = (0, 0, 255)  # BGR
 BLUE = (255, 0, 0)
-
-
-def snapshot(path: Path, patches: list[tuple[tuple[int, int, int, int], tuple[int, int, int]]],
-             size: tuple[int, int] = (1920, 1080)) -> Path:
-    """A grey 1080p JPEG with solid patches (x0, y0, x1, y1) in the given colours."""
-    image = np.full((size[1], size[0], 3), 128, np.uint8)
-    for (x0, y0, x1, y1), colour in patches:
-        image[y0:y1, x0:x1] = colour
-    cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
-    return path
 
 
 def item(path: Path, camera: str = CAMERA) -> dict[str, str]:
@@ -130,12 +120,17 @@ async def test_a_job_processed_twice_inserts_once(
     await running_worker.push(item(image))
     await eventually(lambda: db.fetchval("SELECT count(*) FROM detections"))
     await running_worker.push(item(image))
-    second = snapshot(camera / "b.jpg", [((10, 10, 200, 200), BLUE)])
+    # The same bytes under another name are the same snapshot: not stored again either.
+    same = camera / "copy-of-a.jpg"
+    same.write_bytes(image.read_bytes())
+    await running_worker.push(item(same))
+    second = snapshot(camera / "b.jpg", [((20, 20, 220, 220), BLUE)])
     await running_worker.push(item(second))
     await eventually(lambda: db.fetchval(
         "SELECT count(*) FROM detections WHERE file_path = $1", str(second)))
     assert await db.fetchval("SELECT count(*) FROM detections WHERE file_path = $1",
                              str(image)) == 1
+    assert await db.fetchval("SELECT count(*) FROM detections") == 2
 
 
 async def test_bad_images_go_to_the_dlq_with_a_reason_and_the_worker_carries_on(
@@ -143,8 +138,8 @@ async def test_bad_images_go_to_the_dlq_with_a_reason_and_the_worker_carries_on(
     camera: Path,
 ) -> None:
     good = snapshot(camera / "good.jpg", [((50, 50, 400, 400), RED)])
-    truncated = camera / "truncated.jpg"
-    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    truncated = camera / "truncated.jpg"  # cut inside its header: nothing to decode
+    truncated.write_bytes(good.read_bytes()[:100])
     (camera / "empty.jpg").write_bytes(b"")
     (camera / "text.jpg").write_text("this is not an image\n")
     bomb = camera / "bomb.png"  # a PNG header declaring 30000 x 30000 pixels
@@ -164,6 +159,37 @@ async def test_bad_images_go_to_the_dlq_with_a_reason_and_the_worker_carries_on(
         assert entry["error"]
     assert "pixels" in by_file["bomb.png"]["error"]
     assert "no longer exists" in by_file["missing.jpg"]["error"]
+    # Recorded, so that no restart waits on (or queues) the same broken files again.
+    recorded = {Path(r["file_path"]).name: r for r in await db.fetch(
+        "SELECT * FROM snapshots WHERE outcome = 'dead_lettered'")}
+    assert set(recorded) == set(bad) - {"missing.jpg"}
+    assert recorded["bomb.png"]["reason"] == by_file["bomb.png"]["error"]
+
+
+async def test_upload_cut_short_is_decoded_as_far_as_it_goes_and_stored(
+    running_worker: ReliableQueue, db: asyncpg.Pool, camera: Path,
+) -> None:
+    whole = snapshot(camera / "whole.jpg", [((100, 100, 500, 300), RED)])
+    cut = camera / "cut.jpg"
+    cut.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) * 2 // 3])
+    with capture_logs() as logs:
+        await running_worker.push(item(cut))
+        [row] = await eventually(lambda: db.fetch("SELECT * FROM detections"))
+    assert (row["file_path"], row["object_type"]) == (str(cut), "person")
+    assert any(e["event"] == "image_truncated" and e["log_level"] == "warning" for e in logs)
+
+
+async def test_upload_overwritten_before_it_was_read_is_dead_lettered_by_its_content(
+    running_worker: ReliableQueue, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    camera: Path,
+) -> None:
+    path = snapshot(camera / "snapshot.jpg", [((100, 100, 500, 300), RED)])
+    stale = {"sha256": "0" * 64, "image_path": str(path), "size": 1, "mtime_ns": 1}
+    await running_worker.push({**item(path), **stale})
+    [entry] = await eventually(lambda: _dlq_when(redis, keyspace, 1))
+    assert "overwritten before it could be read" in entry["error"]
+    assert "0" * 64 in entry["error"]
+    assert await db.fetchval("SELECT count(*) FROM detections") == 0
 
 
 async def _dlq_when(redis: aioredis.Redis, keyspace: Keyspace, count: int) -> list[dict] | None:
@@ -201,11 +227,12 @@ async def test_a_retried_job_batches_its_stored_detections_that_no_event_holds(
     await running_worker.push(item(image))
     rows = await eventually(lambda: _rows_when(db, 2))
     person, car = sorted(rows, key=lambda row: -row["confidence"])
-    # As if the first run had died between commit and batching; the person was analysed.
+    # As if the first run had died between commit and batching; the person was analysed
+    # (an event spans its detections' capture times).
     await redis.flushdb()
     await db.execute("INSERT INTO events (batch_id, camera_id, started_at, ended_at, "
                      "detection_ids) VALUES ('done', $1, $2, $2, $3)",
-                     CAMERA, person["detected_at"], json.dumps([person["id"]]))
+                     CAMERA, person["captured_at"], json.dumps([person["id"]]))
     with capture_logs() as logs:
         await running_worker.push(item(image))
         [stored] = await eventually(
@@ -250,20 +277,22 @@ def _files(folder: Path) -> list[str]:
 async def test_a_full_disk_stores_detections_without_thumbnails_until_space_returns(
     running_worker: ReliableQueue, db: asyncpg.Pool, camera: Path, full_state_dir: Path,
 ) -> None:
-    sample = "hsid_thumbnails_not_written_total"
-    before = metrics.REGISTRY.get_sample_value(sample) or 0
-    patches = [((100, 200, 300, 600), RED), ((1200, 500, 1700, 800), BLUE)]
+    sample, labels = "hsid_state_files_not_written_total", {"kind": "thumbnails"}
+    before = metrics.REGISTRY.get_sample_value(sample, labels) or 0
     with capture_logs() as logs:
-        for name in ("full-1.jpg", "full-2.jpg"):
+        for n, name in enumerate(("full-1.jpg", "full-2.jpg")):
+            patches = [((100 + 50 * n, 200, 300 + 50 * n, 600), RED),
+                       ((1200, 500, 1700, 800), BLUE)]
             await running_worker.push(item(snapshot(camera / name, patches)))
         rows = await eventually(lambda: _rows_when(db, 4))
         assert [row["thumbnail_path"] for row in rows] == [None] * 4
-        assert metrics.REGISTRY.get_sample_value(sample) == before + 4
+        assert metrics.REGISTRY.get_sample_value(sample, labels) == before + 4
         # Nothing half-written is left behind.
         assert _files(full_state_dir) == ["filler"]
 
         (full_state_dir / "filler").unlink()  # the user makes room
-        await running_worker.push(item(snapshot(camera / "roomy.jpg", patches)))
+        roomy = [((700, 200, 900, 600), RED), ((1200, 500, 1700, 800), BLUE)]
+        await running_worker.push(item(snapshot(camera / "roomy.jpg", roomy)))
         rows = await eventually(lambda: _rows_when(db, 6))
     thumbnails = [Path(row["thumbnail_path"]) for row in rows[4:]]
     assert sorted(thumbnails) == [full_state_dir / name for name in _files(full_state_dir)]
@@ -313,7 +342,7 @@ async def test_jobs_in_flight_at_a_crash_are_inferred_alone_and_the_rest_togethe
                           keyspace=keyspace)
     # Queued as recovery leaves them: the jobs in flight at the crash first.
     for n in range(4):
-        image = snapshot(camera / f"{n}.jpg", [((10, 10, 200, 200), BLUE)])
+        image = snapshot(camera / f"{n}.jpg", [((10 + 40 * n, 10, 200 + 40 * n, 200), BLUE)])
         await queue.push({**item(image), **({"crash_count": 1} if n < 2 else {})})
     stopping = asyncio.Event()
     task = asyncio.create_task(DetectWorker(

@@ -25,8 +25,8 @@ from hsid.pipeline.detector import (
     Detector,
     ObjectDetection,
     decode,
-    image_header,
 )
+from hsid.pipeline.image_format import image_end, image_header
 
 MAX_PIXELS = DetectorConfig().max_pixels
 RED, GREEN, BLUE = (0, 0, 255), (0, 255, 0), (255, 0, 0)  # BGR, as cv2 draws
@@ -200,10 +200,32 @@ def test_zero_bytes_are_refused() -> None:
         decode(b"", MAX_PIXELS)
 
 
-def test_truncated_jpeg_is_refused() -> None:
+def test_truncated_jpeg_is_decoded_as_far_as_it_goes() -> None:
+    # An upload that stalled: the upper part of a cut snapshot is still evidence.
+    data = encode(draw(1280, 720, {RED: (0, 0, 1280, 100)}))
+    decoded = decode(data[: len(data) * 3 // 5], MAX_PIXELS)
+    assert decoded.truncated
+    assert decoded.pixels[50, 640].tolist() == pytest.approx([0, 0, 255], abs=3)  # BGR: red
+
+
+@pytest.mark.parametrize("tail", [b"\x00" * 4096, bytes(range(256)) * 8 + b"\xff\xd8\xff"],
+                         ids=["zero-padding", "junk"])
+def test_bytes_after_the_end_of_image_are_not_the_image(tail: bytes) -> None:
     data = encode(draw(1280, 720, {RED: (0, 0, 100, 100)}))
-    with pytest.raises(PermanentError, match="truncated"):
-        decode(data[: len(data) // 2], MAX_PIXELS)
+    assert image_end(data + tail) == len(data)
+    decoded = decode(data + tail, MAX_PIXELS)
+    assert not decoded.truncated
+    assert decoded.pixels[50, 50].tolist() == pytest.approx([0, 0, 255], abs=3)
+
+
+def test_image_end_skips_an_exif_thumbnails_own_end_marker() -> None:
+    data = encode(draw(320, 240, {}))
+    # An APP1 segment holding a whole JPEG, as EXIF thumbnails are, placed after SOI.
+    thumbnail = encode(draw(16, 16, {}))
+    app1 = b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail
+    with_thumbnail = data[:2] + app1 + data[2:]
+    assert image_end(with_thumbnail) == len(with_thumbnail)
+    assert image_end(with_thumbnail[: len(app1) + 200]) is None  # cut inside the scan
 
 
 def test_truncated_png_is_refused() -> None:

@@ -104,3 +104,34 @@ async def test_orphans_after_a_redis_flush_are_batched_again_into_exactly_one_ev
 async def _events_when(db: asyncpg.Pool, count: int) -> list[list[int]] | None:
     events = await _events(db)
     return events if len(events) >= count else None
+
+
+async def test_orphans_of_a_backlog_are_cut_by_capture_time_and_their_events_found(
+    pipeline: Batcher, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path,
+) -> None:
+    await db.execute("INSERT INTO cameras (id, name, folder_path) VALUES ($1, 'Gate', $2)",
+                     CAMERA, str(camera_root / CAMERA))
+    now = datetime.now(UTC)
+
+    async def backlog(hours_ago: float) -> int:  # processed just now, taken hours ago
+        return await db.fetchval(
+            "INSERT INTO detections (camera_id, file_path, detected_at, captured_at, "
+            "object_type, confidence) VALUES ($1, '/x.jpg', $2, $3, 'car', 0.6) RETURNING id",
+            CAMERA, now - timedelta(seconds=5), now - timedelta(hours=hours_ago))
+
+    night = [await backlog(31), await backlog(31 - 1 / 3600)]  # a second apart
+    dawn = await backlog(28)
+    analysed = await backlog(30)
+    # Its event is dated by capture time, 30 hours ago: before the 24 h look-back began.
+    await db.execute("INSERT INTO events (batch_id, camera_id, started_at, ended_at,"
+                     " detection_ids) VALUES ('done', $1, $2, $2, $3)",
+                     CAMERA, now - timedelta(hours=30), json.dumps([analysed]))
+
+    with capture_logs() as logs:
+        await redis.flushdb()  # Redis restarted empty: nothing of the backlog was batched
+        await eventually(lambda: _events_when(db, 3), what="the backlog's events")
+        await asyncio.sleep(0.5)
+
+    assert await _events(db) == sorted([night, [dawn], [analysed]])
+    [rebatched] = [e for e in logs if e["event"] == "orphans_rebatched"]
+    assert rebatched["count"] == 3  # the analysed one was found in its event

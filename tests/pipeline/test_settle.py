@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from hsid.config import WatcherConfig
-from hsid.pipeline.settle import Completeness, Probe, SettleTracker, Verdict, completeness
+from hsid.pipeline.settle import (
+    Completeness,
+    Probe,
+    SettleTracker,
+    Verdict,
+    completeness,
+    scanned_completeness,
+)
 from tests.pipeline.samples import FAST_SETTLE, jpeg, png
 
 
@@ -14,7 +21,7 @@ def probe(size: int, mtime_ns: int = 1, kind: Completeness = Completeness.JPEG) 
 
 
 def test_growing_file_waits_until_complete_and_stable() -> None:
-    tracker = SettleTracker(WatcherConfig(**{**FAST_SETTLE, "give_up_seconds": 60.0}))
+    tracker = SettleTracker(WatcherConfig(**{**FAST_SETTLE, "stall_seconds": 60.0}))
     path = Path("cam/a.jpg")
     tracker.track(path, now=0.0)
 
@@ -38,14 +45,15 @@ def test_unknown_content_takes_the_full_settle_time() -> None:
     assert tracker.check(path, unknown, 0.3) is Verdict.READY
 
 
-def test_file_that_never_completes_is_given_up() -> None:
+def test_upload_that_stalls_before_its_end_is_taken_as_it_is() -> None:
     tracker = SettleTracker(WatcherConfig(**FAST_SETTLE))
     path = Path("cam/a.jpg")
     tracker.track(path, now=0.0)
-    tracker.track(path, now=0.5)  # a later event keeps the first-seen time
 
-    assert tracker.check(path, probe(10, 1, Completeness.INCOMPLETE), 0.6) is Verdict.WAIT
-    assert tracker.check(path, probe(10, 1, Completeness.INCOMPLETE), 1.0) is Verdict.GIVE_UP
+    assert tracker.check(path, probe(10, 1, Completeness.INCOMPLETE), 0.0) is Verdict.WAIT
+    assert tracker.check(path, probe(20, 2, Completeness.INCOMPLETE), 0.9) is Verdict.WAIT
+    assert tracker.check(path, probe(20, 2, Completeness.INCOMPLETE), 1.8) is Verdict.WAIT
+    assert tracker.check(path, probe(20, 2, Completeness.INCOMPLETE), 2.0) is Verdict.READY
     assert len(tracker) == 0
 
 
@@ -75,9 +83,12 @@ def test_discarded_file_is_gone() -> None:
 def test_completeness_by_content() -> None:
     image = jpeg(1)
     assert completeness(len(image), image[:8], image[-12:]) is Completeness.JPEG
-    assert completeness(100, image[:8], image[40:52]) is Completeness.INCOMPLETE
+    assert completeness(100, image[:8], image[40:52]) is None  # only the whole file tells
+    assert scanned_completeness(image + b"\0" * 100) is Completeness.JPEG  # zero padding
+    assert scanned_completeness(image[:-30]) is Completeness.INCOMPLETE
     picture = png(1)
     assert completeness(len(picture), picture[:8], picture[-12:]) is Completeness.PNG
-    assert completeness(100, picture[:8], picture[20:32]) is Completeness.INCOMPLETE
+    assert completeness(100, picture[:8], picture[20:32]) is None
+    assert scanned_completeness(picture + b"junk") is Completeness.PNG
     assert completeness(3, b"abc", b"abc") is Completeness.INCOMPLETE
     assert completeness(20, b"plain text", b"more text") is Completeness.UNKNOWN

@@ -11,7 +11,8 @@ import pytest
 
 from hsid.errors import InvalidInput
 from hsid.pipeline.detector import DecodedImage, ObjectDetection, decode
-from hsid.pipeline.thumbnails import make_thumbnail, thumbnail_path, write_thumbnail
+from hsid.pipeline.state_files import write_atomically
+from hsid.pipeline.thumbnails import make_thumbnail, thumbnail_path
 
 MAX_PIXELS = 50_000_000
 
@@ -87,9 +88,9 @@ def test_thumbnail_path_refuses_names_that_leave_the_folder(
         thumbnail_path(tmp_path, camera_id, datetime.now(UTC), name)
 
 
-def test_write_thumbnail_creates_folders_and_replaces_atomically(tmp_path: Path) -> None:
+def test_state_files_are_written_with_folders_and_replaced_atomically(tmp_path: Path) -> None:
     path = thumbnail_path(tmp_path, "cam", datetime(2024, 1, 2, tzinfo=UTC), "1")
-    write_thumbnail(path, b"first")
-    write_thumbnail(path, b"second")
+    write_atomically(path, b"first")
+    write_atomically(path, b"second")
     assert path.read_bytes() == b"second"
     assert [p.name for p in path.parent.iterdir()] == ["1.jpg"]  # no temporary files left

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -18,12 +19,13 @@ import pytest
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
-from hsid.config import Config
+from hsid.config import Config, load_config
 from hsid.constants import DETECTION_QUEUE
 from hsid.db import create_pool
 from hsid.keyspace import Keyspace
 from hsid.metrics import REGISTRY
 from hsid.pipeline import watcher as watcher_module
+from hsid.pipeline.cameras import camera_ids
 from hsid.pipeline.watcher import Watcher
 from hsid.queues import ReliableQueue
 from tests.pipeline.samples import FAST_SETTLE, jpeg
@@ -112,7 +114,11 @@ async def test_file_written_in_pieces_is_queued_once_after_the_last_piece(
     assert items[0]["camera_id"] == "gate"
     assert items[0]["file_path"] == str(path)
     assert TIMESTAMP.fullmatch(items[0]["timestamp"])
-    assert list(items[0]) == ["camera_id", "file_path", "timestamp"]
+    # The reference's keys first, then what hsid knows of the upload (snapshots.Upload).
+    assert list(items[0]) == ["camera_id", "file_path", "timestamp", "sha256", "image_path",
+                              "size", "mtime_ns"]
+    assert items[0]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (items[0]["image_path"], items[0]["size"]) == (str(path), len(data))
 
 
 async def test_complete_jpeg_is_taken_after_the_short_settle(
@@ -244,8 +250,11 @@ async def test_startup_scan_takes_files_that_arrived_while_down(
     os.utime(gate / "ancient.jpg", (week_ago, week_ago))
     await db.execute("INSERT INTO cameras (id, name, folder_path) VALUES ('gate', 'gate', $1)",
                      str(gate))
-    await db.execute("INSERT INTO detections (camera_id, file_path) VALUES ('gate', $1)",
-                     str(gate / "done.jpg"))
+    done = (gate / "done.jpg").stat()  # dealt with before the restart, detections or not
+    await db.execute(
+        "INSERT INTO snapshots (sha256, file_path, camera_id, image_path, size, mtime_ns, outcome)"
+        " VALUES ('x', $1, 'gate', $1, $2, $3, 'processed')",
+        str(gate / "done.jpg"), done.st_size, done.st_mtime_ns)
 
     async with running_watcher(config, db, redis) as watcher:
         items = await watcher.items(1)
@@ -272,23 +281,38 @@ async def test_same_content_under_two_names_is_queued_once(
     assert counter("deduplicated", "gate") == before + 1
 
 
-async def test_incomplete_jpeg_is_given_up_with_a_warning(
+async def test_stalled_uploads_are_taken_as_they_are_with_a_warning(
     config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace, camera_root: Path
 ) -> None:
+    # Cut short, or empty: once still for stall_seconds (1 s here) each is queued, for the
+    # detect worker to decode as far as it goes or to dead-letter with the reason.
     gate = camera_root / "gate"
     gate.mkdir()
     with capture_logs() as logs:
         async with running_watcher(config, db, redis) as watcher:
             (gate / "cut.jpg").write_bytes(jpeg(31)[:-50])
+            (gate / "empty.jpg").write_bytes(b"")
+            (gate / "empty-too.jpg").write_bytes(b"")  # the same (no) content: each its own
+            items = await watcher.items(3)
 
-            async def given_up() -> bool:
-                return any(entry["event"] == "image_given_up" for entry in logs)
+    assert sorted(Path(item["file_path"]).name for item in items) == [
+        "cut.jpg", "empty-too.jpg", "empty.jpg"]
+    stalled = [entry for entry in logs if entry["event"] == "image_stalled"]
+    assert {(Path(e["path"]).name, e["log_level"]) for e in stalled} == {
+        ("cut.jpg", "warning"), ("empty.jpg", "warning"), ("empty-too.jpg", "warning")}
 
-            await watcher.until(given_up, "the give-up warning")
 
-    assert await queued(redis, keyspace) == []
-    warning = next(entry for entry in logs if entry["event"] == "image_given_up")
-    assert (warning["reason"], warning["log_level"]) == ("no_end_marker", "warning")
+@pytest.mark.parametrize("tail", [b"\0" * 2048, b"junk after the end" * 50],
+                         ids=["zero-padding", "junk"])
+async def test_jpeg_with_bytes_after_its_end_is_taken_without_waiting_to_stall(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path, tail: bytes,
+) -> None:
+    gate = camera_root / "gate"
+    gate.mkdir()
+    async with running_watcher(config, db, redis, stall_seconds=60.0) as watcher:
+        (gate / "esp32.jpg").write_bytes(jpeg(32) + tail)
+        [item] = await watcher.items(1)
+    assert item["size"] == len(jpeg(32)) + len(tail)
 
 
 async def test_folder_removal_sets_error_and_next_image_online(
@@ -350,11 +374,8 @@ async def test_folder_moved_in_with_images_is_registered_and_scanned(
         staged.rename(camera_root / "Back Yard")  # no event for the files inside: only a scan
         items = await watcher.items(1)
 
-    assert items[0] == {
-        "camera_id": "back_yard",
-        "file_path": str(camera_root / "Back Yard" / "2025-12-23" / "snap.jpg"),
-        "timestamp": items[0]["timestamp"],
-    }
+    assert (items[0]["camera_id"], items[0]["file_path"]) == (
+        "back_yard", str(camera_root / "Back Yard" / "2025-12-23" / "snap.jpg"))
     assert await status(db, "back_yard") == "online"
 
 
@@ -395,3 +416,209 @@ async def test_images_are_queued_again_when_redis_comes_back_empty(
 
     assert again["file_path"] == item["file_path"] == str(gate / "accepted.jpg")
     assert any(entry["event"] == "redis_state_lost" for entry in logs)
+
+
+# --- cameras as people lay them out (issue 12) ---------------------------------------------
+
+
+def ignored(reason: str) -> float:
+    return REGISTRY.get_sample_value("hsid_files_ignored_total", {"reason": reason}) or 0.0
+
+
+async def camera_names(db: asyncpg.Pool) -> dict[str, str]:
+    return {row["id"]: row["name"] for row in await db.fetch("SELECT id, name FROM cameras")}
+
+
+async def test_folder_names_in_any_script_give_one_camera_each_and_keep_their_ids(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    camera_root: Path,
+) -> None:
+    names = ["前门", "车库1", "门口1", "Indkørsel", "Front Door", "front-door"]
+    for name in names:
+        (camera_root / name).mkdir()
+    async with running_watcher(config, db, redis) as watcher:
+        for seed, name in enumerate(names):
+            (camera_root / name / "snap.jpg").write_bytes(jpeg(100 + seed))
+        items = await watcher.items(len(names))
+
+    by_folder = {Path(item["file_path"]).parent.name: item["camera_id"] for item in items}
+    assert by_folder == {
+        "前门": camera_ids("前门")[0],  # cam-<hash>: no ASCII to keep
+        "车库1": "1", "门口1": camera_ids("门口1")[1],  # 1-<hash>: "1" was taken
+        "Indkørsel": "indkorsel",
+        "Front Door": "front_door", "front-door": camera_ids("front-door")[1],
+    }
+    assert await camera_names(db) == {camera: name for name, camera in by_folder.items()}
+
+    # After a restart each folder keeps its camera: the id registered for it wins.
+    await redis.delete(keyspace.queue(DETECTION_QUEUE))
+    async with running_watcher(config, db, redis) as watcher:
+        for seed, name in enumerate(reversed(names)):
+            (camera_root / name / "again.jpg").write_bytes(jpeg(120 + seed))
+        again = await watcher.items(len(names))
+    assert {Path(item["file_path"]).parent.name: item["camera_id"] for item in again} == by_folder
+    assert await db.fetchval("SELECT count(*) FROM cameras") == len(names)
+
+
+async def test_camera_pattern_names_cameras_in_shared_folders_and_nvr_trees(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path,
+) -> None:
+    config = config.with_overrides(
+        {"watcher": {"camera_pattern": r"(?P<camera>Camera \d+|cam\d+)"}})
+    nvr, uploads = camera_root / "NVR" / "Camera 01" / "2025-12-23", camera_root / "uploads"
+    nvr.mkdir(parents=True)
+    uploads.mkdir()
+    async with running_watcher(config, db, redis) as watcher:
+        (nvr / "120000.jpg").write_bytes(jpeg(130))
+        (uploads / "cam1_0001.jpg").write_bytes(jpeg(131))
+        (uploads / "cam2_0001.jpg").write_bytes(jpeg(132))
+        (uploads / "porch.jpg").write_bytes(jpeg(133))  # no pattern match: its folder's
+        items = await watcher.items(4)
+
+    assert {Path(item["file_path"]).name: item["camera_id"] for item in items} == {
+        "120000.jpg": "camera_01", "cam1_0001.jpg": "cam1", "cam2_0001.jpg": "cam2",
+        "porch.jpg": "uploads"}
+    # NVR holds only pattern cameras: it is no camera of its own.
+    assert await camera_names(db) == {
+        "camera_01": "Camera 01", "cam1": "cam1", "cam2": "cam2", "uploads": "uploads"}
+    folders = dict(await db.fetch("SELECT id, folder_path FROM cameras"))
+    assert folders["camera_01"] == str(camera_root / "NVR" / "Camera 01")
+    assert folders["cam1"] == str(camera_root)  # named by its files, wherever they are
+
+
+async def test_files_in_the_root_go_to_the_root_camera_with_one_warning(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path,
+) -> None:
+    with capture_logs() as logs:
+        async with running_watcher(config, db, redis) as watcher:
+            (camera_root / "first.jpg").write_bytes(jpeg(140))
+            await watcher.items(1)
+            (camera_root / "second.jpg").write_bytes(jpeg(141))
+            items = await watcher.items(2)
+
+    assert [item["camera_id"] for item in items] == ["unsorted", "unsorted"]
+    assert await camera_names(db) == {"unsorted": "unsorted"}
+    warnings = [entry for entry in logs if entry["event"] == "image_in_camera_root"]
+    assert [(entry["path"], entry["log_level"]) for entry in warnings] == [
+        (str(camera_root / "first.jpg"), "warning")]
+
+
+async def test_every_file_not_taken_is_counted_by_reason(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path, tmp_path: Path,
+) -> None:
+    gate = camera_root / "gate"
+    (gate / ".staging").mkdir(parents=True)  # where an FTP server stages its uploads
+    (tmp_path / "elsewhere.jpg").write_bytes(jpeg(150))
+    reasons = ("not_an_image", "temporary_name", "hidden_folder", "symlink")
+    before = {reason: ignored(reason) for reason in reasons}
+    async with running_watcher(config, db, redis) as watcher:
+        await asyncio.sleep(0.3)  # watching: the start-up scan does not enter hidden folders
+        (gate / "notes.txt").write_bytes(b"not a picture")
+        (gate / "a.jpg.part").write_bytes(jpeg(151))
+        (gate / ".b.jpg").write_bytes(jpeg(152))
+        (gate / ".staging" / "c.jpg").write_bytes(jpeg(153))
+        (gate / "link.jpg").symlink_to(tmp_path / "elsewhere.jpg")
+        expected = {"not_an_image": 1, "temporary_name": 2, "hidden_folder": 1, "symlink": 1}
+
+        async def counted() -> bool:
+            return all(ignored(reason) >= before[reason] + expected[reason]
+                       for reason in reasons)
+
+        await watcher.until(counted, "the ignored files counted")
+        await asyncio.sleep(0.5)  # later writes and settle checks count nothing more
+
+    assert {reason: ignored(reason) - before[reason] for reason in reasons} == expected
+
+
+async def test_temporary_upload_name_is_taken_once_after_its_rename(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    camera_root: Path,
+) -> None:
+    gate = camera_root / "gate"
+    gate.mkdir()
+    async with running_watcher(config, db, redis) as watcher:
+        (gate / "x_tmp.jpg").write_bytes(jpeg(160))  # the "FTP rename" style of upload
+        await asyncio.sleep(0.6)  # well past both settle times
+        assert await queued(redis, keyspace) == []
+        (gate / "x_tmp.jpg").rename(gate / "x.jpg")
+        items = await watcher.items(1)
+        await asyncio.sleep(0.5)
+
+    assert await queued(redis, keyspace) == items
+    assert items[0]["file_path"] == str(gate / "x.jpg")
+
+
+def polling_modes(logs: list[dict[str, Any]]) -> list[tuple[bool, str]]:
+    return [(entry["polling"], entry["reason"]) for entry in logs
+            if entry["event"] == "watcher_started"]
+
+
+@pytest.mark.parametrize("how", ["config", "WATCHFILES_FORCE_POLLING"])
+async def test_polling_can_be_forced(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, camera_root: Path, how: str,
+) -> None:
+    if how == "config":
+        config = config.with_overrides({"watcher": {"polling": True}})
+    else:  # read from the environment as the daemon reads it
+        config = load_config(None, {
+            "DATABASE_URL": config.database.url, "REDIS_URL": config.redis.url,
+            "HSID_REDIS__PREFIX": config.redis.prefix,
+            "HSID_PATHS__CAMERA_ROOT": str(camera_root),
+            "HSID_PATHS__STATE_DIR": str(config.paths.state_dir),
+            "WATCHFILES_FORCE_POLLING": "1",
+        })
+    gate = camera_root / "gate"
+    gate.mkdir()
+    with capture_logs() as logs:
+        async with running_watcher(config, db, redis, poll_interval_seconds=0.1) as watcher:
+            await asyncio.sleep(0.3)
+            (gate / "snap.jpg").write_bytes(jpeg(170))
+            items = await watcher.items(1)
+
+    assert polling_modes(logs) == [(True, "watcher.polling = true")]
+    assert items[0]["file_path"] == str(gate / "snap.jpg")
+
+
+async def overlay_upload_seen(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    overlay_root: Path, **watcher: Any,
+) -> bool:
+    """Run the watcher on an overlay camera root and write a snapshot into the overlay's
+    upper layer directly, as a container sharing the upload folder would; whether it came."""
+    config = config.with_overrides({"paths": {"camera_root": str(overlay_root)}})
+    (overlay_root / "gate").mkdir()
+    upper = overlay_root.parent / "upper"
+    async with running_watcher(config, db, redis, poll_interval_seconds=0.1, **watcher):
+        await asyncio.sleep(0.3)
+        (upper / "gate" / "snap.jpg").write_bytes(jpeg(180))
+        for _ in range(40):  # 2 s: twenty polls, and far beyond inotify's reaction
+            if await queued(redis, keyspace):
+                break
+            await asyncio.sleep(0.05)
+    return bool(await queued(redis, keyspace))
+
+
+async def test_auto_polls_a_camera_root_on_an_overlay(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    overlay_root: Path,
+) -> None:
+    with capture_logs() as logs:
+        seen = await overlay_upload_seen(config, db, redis, keyspace, overlay_root)
+
+    assert seen
+    [started] = [entry for entry in logs if entry["event"] == "watcher_started"]
+    assert (started["polling"], started["file_system"]) == (True, "overlayfs")
+    assert started["poll_interval_seconds"] == 0.1
+
+
+async def test_inotify_alone_misses_a_write_to_an_overlay_layer(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    overlay_root: Path,
+) -> None:
+    # Why "auto" polls there: with polling off, the same upload goes unseen.
+    with capture_logs() as logs:
+        seen = await overlay_upload_seen(config, db, redis, keyspace, overlay_root,
+                                         polling=False)
+
+    assert not seen
+    assert polling_modes(logs) == [(False, "watcher.polling = false")]

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
@@ -96,6 +97,18 @@ def test_schedule_reads_the_clock_in_its_timezone() -> None:
     evening = {"start": "22:00", "end": "23:00", "timezone": "Europe/Berlin"}  # UTC+1 in Nov
     assert in_schedule(evening, datetime(2026, 11, 26, 21, 30, tzinfo=UTC))
     assert not in_schedule(evening, datetime(2026, 11, 26, 22, 30, tzinfo=UTC))
+
+
+def test_a_schedule_without_a_timezone_reads_the_sites_clock() -> None:
+    night = {"days": ["thu"], "start": "22:00", "end": "06:00"}
+    la = ZoneInfo("America/Los_Angeles")
+    afternoon = datetime(2026, 11, 26, 15, 30, tzinfo=la)  # Thursday 23:30 UTC
+    assert in_schedule(night, afternoon, ZoneInfo("UTC"))  # a server in UTC: night
+    assert not in_schedule(night, afternoon, la)  # in the house: the afternoon
+    assert in_schedule(night, datetime(2026, 11, 26, 23, 10, tzinfo=la), la)
+    rule = _rule(schedule=night)
+    assert match_rule(rule, _event(started_at=afternoon), la) is None
+    assert match_rule(rule, _event(started_at=afternoon), ZoneInfo("UTC")) is not None
 
 
 # --- matching --------------------------------------------------------------------------------

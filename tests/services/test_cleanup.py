@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
@@ -21,6 +22,7 @@ from hsid.api.keys import RUNTIME
 from hsid.api.middleware import error_middleware
 from hsid.config import Config, PathsConfig, RetentionConfig
 from hsid.keyspace import Keyspace
+from hsid.pipeline.snapshots import SNAPSHOTS_DIR
 from hsid.runtime import Runtime
 from hsid.services import cleanup_http
 from hsid.services.cleanup import (
@@ -199,6 +201,30 @@ async def test_images_outside_the_camera_root_are_never_deleted(
     assert stray.exists()
 
 
+async def test_snapshot_records_and_hsids_copies_go_with_their_age(
+    db: asyncpg.Pool, camera_root: Path, state_dir: Path,
+) -> None:
+    # Copies are hsid's own: removed with their records even with delete_images off.
+    await db.execute(INSERT_CAMERA, CAMERA, str(camera_root / CAMERA))
+    now = datetime.now(UTC)
+    copies = state_dir / SNAPSHOTS_DIR / CAMERA / "2025-01-01"
+    original = str(camera_root / CAMERA / "snapshot.jpg")
+    rows = {"old-copy": (40, _file(copies / "a.jpg", 70)), "recent-copy": (1, _file(
+        copies / "b.jpg", 80)), "old-in-place": (40, Path(original))}
+    for sha, (days, image) in rows.items():
+        await db.execute(
+            "INSERT INTO snapshots (sha256, file_path, camera_id, image_path, size, mtime_ns,"
+            " outcome, taken_at) VALUES ($1, $2, $3, $4, 1, 1, 'processed', $5)",
+            sha, original, CAMERA, str(image), now - timedelta(days=days))
+    await _detection(db, rows["old-copy"][1], now - timedelta(days=40), None)
+
+    stats = await run_cleanup(db, RETENTION, _paths(camera_root, state_dir), dry_run=False)
+
+    assert await db.fetchval("SELECT array_agg(sha256) FROM snapshots") == ["recent-copy"]
+    assert (stats.images_deleted, stats.space_reclaimed) == (1, 70)
+    assert not rows["old-copy"][1].exists() and rows["recent-copy"][1].exists()
+
+
 async def test_batches_delete_more_rows_than_one_batch(
     db: asyncpg.Pool, camera_root: Path, state_dir: Path
 ) -> None:
@@ -254,6 +280,16 @@ def test_next_cleanup_is_today_until_the_time_passes_then_tomorrow() -> None:
     assert next_cleanup("03:00", datetime(2025, 6, 1, 2, 59)) == datetime(2025, 6, 1, 3, 0)
     assert next_cleanup("03:00", datetime(2025, 6, 1, 3, 0)) == datetime(2025, 6, 2, 3, 0)
     assert next_cleanup("23:30", datetime(2025, 12, 31, 23, 45)) == datetime(2026, 1, 1, 23, 30)
+
+
+def test_next_cleanup_is_at_the_sites_local_time() -> None:
+    la = ZoneInfo("America/Los_Angeles")
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC).astimezone(la)  # 04:00 in the house
+    assert next_cleanup("03:00", now).timestamp() == datetime(
+        2026, 11, 25, 11, 0, tzinfo=UTC).timestamp()  # 03:00 tomorrow there, not 03:00 UTC
+    berlin = ZoneInfo("Europe/Berlin")  # 29 March 2026: no 02:30 that night
+    skipped = next_cleanup("02:30", datetime(2026, 3, 29, 1, 0, tzinfo=berlin))
+    assert skipped.timestamp() == datetime(2026, 3, 29, 1, 30, tzinfo=UTC).timestamp()
 
 
 async def test_service_runs_only_in_the_process_holding_the_lock(
