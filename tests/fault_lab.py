@@ -38,6 +38,10 @@ BATCH_ENV = {"HSID_BATCH__WINDOW_SECONDS": "2", "HSID_BATCH__IDLE_SECONDS": "1",
 # The kill points are windows of tens of milliseconds (an analysis with the tiny LLM), so
 # Redis is looked at this often while one is awaited.
 POINT_POLL_SECONDS = 0.001
+# A drain ends early only after this long without progress: longer than hsid's longest wait
+# between retries (backoffs cap at 60 s), so a stage waiting out its backoff is not taken
+# for one that lost its work.
+DRAIN_QUIET_SECONDS = 65.0
 
 
 class Skipped(Exception):
@@ -261,7 +265,8 @@ class Lab:
         url = f"http://127.0.0.1:{self.port}/api/system/health"
         return (await asyncio.to_thread(http_json, url, 1.0))[0] == 200
 
-    async def drain(self, sent: list[Path], within: float, quiet: float = 15.0) -> str:
+    async def drain(self, sent: list[Path], within: float,
+                    quiet: float = DRAIN_QUIET_SECONDS) -> str:
         """Wait until every upload is stored and analysed with nothing waiting, or nothing
         has changed for `quiet` s while the daemon said it was healthy (not waiting for a
         store or restarting a stage) with nothing waiting, or `within` s; says which."""

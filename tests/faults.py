@@ -75,7 +75,7 @@ class Plan:
         return self.images or max(10, round(self.rate * (2 * self.lead + busy_seconds)))
 
     def drain_timeout(self, sent: int) -> float:
-        return 60.0 + 0.2 * sent
+        return 120.0 + 0.2 * sent
 
 
 @dataclass

@@ -115,7 +115,8 @@ class CaptureClock:
         if match is None:
             return None
         zone = self.zone
-        if stamp.offset and (offset := EXIF_OFFSET.fullmatch(stamp.offset)):
+        offset = EXIF_OFFSET.fullmatch(stamp.offset or "")
+        if offset is not None and int(offset[2]) < 24 and int(offset[3]) < 60:
             sign = -1 if offset[1] == "-" else 1
             zone = timezone(sign * timedelta(hours=int(offset[2]), minutes=int(offset[3])))
         fraction = stamp.subsec if stamp.subsec and stamp.subsec.isdigit() else "0"
@@ -210,7 +211,7 @@ def _aware(year: int, month: int, day: int, hour: int, minute: int, second: int,
     try:
         return datetime(year, month, day, hour, minute, second, microsecond,
                         tzinfo=zone).astimezone(UTC)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 moved out of range
         return None
 
 

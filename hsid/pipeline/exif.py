@@ -87,7 +87,8 @@ def _tiff_date(tiff: bytes) -> ExifDate | None:
         if magic != 42:
             return None
         main = _ifd(tiff, order, ifd0)
-        exif = _ifd(tiff, order, main[TAG_EXIF_IFD]) if TAG_EXIF_IFD in main else {}
+        exif_at = main.get(TAG_EXIF_IFD)
+        exif = _ifd(tiff, order, exif_at) if isinstance(exif_at, int) else {}
     except (KeyError, struct.error, ValueError):
         return None
     if isinstance(original := exif.get(TAG_DATE_TIME_ORIGINAL), str):

@@ -126,6 +126,14 @@ def test_broken_exif_is_no_capture_time_and_never_an_error(damage) -> None:
     assert found is None
 
 
+def test_exif_values_out_of_range_are_ignored_not_raised() -> None:
+    bad_offset = with_exif(jpeg(13), tiff("2025:12:23 02:13:40", offset="+99:99"))
+    assert clock().found(bad_offset, ROOT / "porch" / "a.jpg", None).at == berlin(
+        2025, 12, 23, 2, 13, 40)  # read in the site's zone instead
+    end_of_time = with_exif(jpeg(14), tiff("9999:12:31 23:59:59", offset="-05:00"))
+    assert clock().found(end_of_time, ROOT / "porch" / "a.jpg", None) is None
+
+
 # --- Names -----------------------------------------------------------------------------------
 
 NAMES = {
