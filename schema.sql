@@ -235,6 +235,7 @@ CREATE TABLE IF NOT EXISTS alert_rules (
     channels            json,
     created_at          timestamptz     NOT NULL DEFAULT now(),
     updated_at          timestamptz     NOT NULL DEFAULT now(),
+    skip_trusted_entities boolean       NOT NULL DEFAULT true,  -- hsid's extension, below
     CONSTRAINT alert_rules_pkey PRIMARY KEY (id),
     CONSTRAINT ck_alert_rules_severity CHECK (severity IN ('low', 'medium', 'high', 'critical')),
     CONSTRAINT ck_alert_rules_risk_threshold CHECK (risk_threshold >= 0 AND risk_threshold <= 100),
@@ -244,6 +245,10 @@ CREATE TABLE IF NOT EXISTS alert_rules (
 CREATE INDEX IF NOT EXISTS idx_alert_rules_name ON alert_rules (name);
 CREATE INDEX IF NOT EXISTS idx_alert_rules_enabled ON alert_rules (enabled);
 CREATE INDEX IF NOT EXISTS idx_alert_rules_severity ON alert_rules (severity);
+-- hsid's extension: skip_trusted_entities = true makes the rule pass over an event whose
+-- every person and vehicle is a trusted entity (the reference: "trusted entities may skip
+-- alerts"); false alerts for them too (services/alerts.py). Older installs gain it here.
+ALTER TABLE alert_rules ADD COLUMN IF NOT EXISTS skip_trusted_entities boolean NOT NULL DEFAULT true;
 
 
 -- alerts: notifications raised for an event by a rule, with their delivery state.
@@ -400,6 +405,30 @@ CREATE INDEX IF NOT EXISTS idx_entities_first_seen_at ON entities (first_seen_at
 CREATE INDEX IF NOT EXISTS idx_entities_last_seen_at ON entities (last_seen_at);
 CREATE INDEX IF NOT EXISTS idx_entities_type_last_seen ON entities (entity_type, last_seen_at);
 CREATE INDEX IF NOT EXISTS ix_entities_entity_metadata_gin ON entities USING gin (entity_metadata);
+
+
+-- entity_detections (hsid's extension of the reference, which records an entity's
+-- detection_count and primary_detection_id but not which detections it is made of): one
+-- row per detection recognised as an entity (services/entities.py), with the detection's
+-- appearance embedding, so an entity can be split or merged and its mean embedding
+-- recomputed from its own detections. A detection belongs to at most one entity. The link
+-- goes with its detection (retention) or its entity (deleted or merged away); the entity
+-- itself, and its trust status, outlive the detections it was recognised in.
+CREATE TABLE IF NOT EXISTS entity_detections (
+    detection_id    integer         NOT NULL,
+    entity_id       uuid            NOT NULL,
+    similarity      double precision,            -- to the entity when matched; NULL: it began it
+    embedding       real[]          NOT NULL,    -- L2-normalised
+    linked_at       timestamptz     NOT NULL DEFAULT now(),
+    CONSTRAINT entity_detections_pkey PRIMARY KEY (detection_id),
+    CONSTRAINT fk_entity_detections_detection_id FOREIGN KEY (detection_id)
+        REFERENCES detections (id) ON DELETE CASCADE,
+    CONSTRAINT fk_entity_detections_entity_id FOREIGN KEY (entity_id)
+        REFERENCES entities (id) ON DELETE CASCADE
+);
+
+-- hsid: an entity's detections (detail, split, merge, the analyzer's sightings).
+CREATE INDEX IF NOT EXISTS idx_entity_detections_entity_id ON entity_detections (entity_id);
 
 
 -- prompt_configs: the current prompt configuration of each AI model (one row per model);

@@ -1,10 +1,11 @@
 """`hsid alerts test`: send a test alert through the channels and say what each did, so
-notifications are known to work before a real alert depends on them."""
+notifications are known to work before a real alert depends on them. Apprise gets a test
+picture (a made-up snapshot with one person drawn), as a real alert carries its snapshot."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any, TextIO
 
 from hsid.config import ALERT_CHANNELS, AlertsConfig
@@ -28,9 +29,10 @@ def test_alert_data() -> dict[str, Any]:
 
 
 async def alerts_command(config: AlertsConfig, action: str, channels: list[str],
-                         out: TextIO) -> int:
+                         out: TextIO, *, public_url: str = "", zone: tzinfo | None = None) -> int:
     """Send one test alert on each of `channels` (default: those configured), once, without
-    retries; one line per channel. Returns 0 when every channel delivered, 1 otherwise."""
+    retries; one line per channel. Returns 0 when every channel delivered, 1 otherwise.
+    `public_url` and `zone` are [api] public_url and the site's zone, as in real alerts."""
     if action not in ALERTS_ACTIONS:
         raise InvalidInput(f"unknown alerts action {action!r}; choose from "
                            f"{', '.join(ALERTS_ACTIONS)}")
@@ -39,7 +41,7 @@ async def alerts_command(config: AlertsConfig, action: str, channels: list[str],
                            f"{', '.join(ALERT_CHANNELS)}", field="channels")
     data = test_alert_data()
     failed = False
-    async with AlertChannels(config) as sender:
+    async with AlertChannels(config, public_url=public_url, zone=zone) as sender:
         for channel in channels or configured_channels(config):
             try:
                 await sender.send(channel, data)

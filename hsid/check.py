@@ -125,11 +125,17 @@ async def check_models(config: Config) -> CheckResult:
         problems.append(f"detector.model {detector} does not exist")
     if analyzer and not Path(analyzer).is_file():
         problems.append(f"analyzer.model {analyzer} does not exist")
+    for key in ("model", "vehicle_model"):
+        embedder = getattr(config.entities, key)
+        if embedder and not Path(embedder).is_file():
+            problems.append(f"entities.{key} {embedder} does not exist")
     if problems:
         return CheckResult("models", False, "; ".join(problems),
                            "run `hsid models fetch` and point the config keys at the files")
     llm = analyzer or "none (rule-based risk scoring)"
-    return CheckResult("models", True, f"detector {detector}, analyzer {llm}")
+    entities = config.entities.model or "none (entities off)"
+    return CheckResult("models", True, f"detector {detector}, analyzer {llm}, "
+                                       f"entities {entities}")
 
 
 async def check_providers(config: Config) -> CheckResult:
@@ -168,9 +174,10 @@ SELECT_RULE_CHANNELS = "SELECT name, channels FROM alert_rules WHERE enabled ORD
 async def check_alerts(config: Config) -> CheckResult:
     """Every channel an alert could be sent to is configured: the defaults, and (with a
     reachable database that has the schema) those of the enabled rules."""
+    from hsid.config import alert_settings
     from hsid.services.channels import configured_channels
 
-    ready = configured_channels(config.alerts)
+    ready = configured_channels(alert_settings(config))  # mqtt: [mqtt] url serves too
     wanted = {f"alerts.default_channels ({channel})": channel
               for channel in config.alerts.default_channels}
     rules = await _enabled_rule_channels(config)
@@ -179,7 +186,8 @@ async def check_alerts(config: Config) -> CheckResult:
                    for channel in channels or config.alerts.default_channels}
     if missing := [where for where, channel in wanted.items() if channel not in ready]:
         return CheckResult("alerts", False, "no URL set for " + ", ".join(missing),
-                           "set alerts.webhook_url / alerts.mqtt_url, or change the channels; "
+                           "set alerts.webhook_url / alerts.mqtt_url / alerts.apprise_urls, or "
+                           "change the channels; "
                            "then `hsid alerts test`")
     checked = "no rules checked" if rules is None else f"{len(rules)} enabled rule(s)"
     return CheckResult("alerts", True, f"channels ready: {', '.join(ready)}; {checked}")

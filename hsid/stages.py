@@ -10,11 +10,19 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import Protocol
+from datetime import tzinfo
+from typing import TYPE_CHECKING, Protocol
+
+import structlog
 
 from hsid import constants
 from hsid.queues import ReliableQueue
 from hsid.runtime import Runtime
+
+if TYPE_CHECKING:
+    from hsid.pipeline.entities import EntityRecognizer
+
+log = structlog.get_logger(__name__)
 
 
 class Stage(Protocol):
@@ -80,21 +88,53 @@ async def _detect(runtime: Runtime) -> Stages:
                                        "interface": detector.interface}
     batcher = Batcher(config.batch, redis, runtime.keyspace)
     queue = _queue(runtime, constants.DETECTION_QUEUE, "detect")
+    entities = await _entity_recognizer(runtime)
     return [
         ("detector", lambda: DetectWorker(config, pool, redis, queue, detector, batcher,
-                                          runtime.stopping, keyspace=runtime.keyspace)),
+                                          runtime.stopping, keyspace=runtime.keyspace,
+                                          entities=entities)),
         ("batch_sweeper", lambda: BatchSweeper(
             batcher, config.batch, runtime.stopping, pool=pool, redis=redis,
             keyspace=runtime.keyspace, lookback_hours=config.watcher.startup_lookback_hours)),
     ]
 
 
+async def _entity_recognizer(runtime: Runtime) -> EntityRecognizer | None:
+    """The detect stage's entity recognition, or None when `entities.model` is empty or its
+    model can't be used: entities are best effort, so that is an error line and health
+    says why, not a daemon that won't start."""
+    from hsid.errors import ConfigError
+    from hsid.pipeline.entities import EntityRecognizer, load_embedders
+
+    config = runtime.config
+    if not config.entities.model:
+        runtime.health.info["entities"] = {"enabled": False, "reason": "entities.model is empty"}
+        return None
+    try:
+        embedders = await asyncio.to_thread(load_embedders, config.entities,
+                                            config.detector.threads)
+    except ConfigError as err:
+        log.error("entities_unavailable", error=str(err))
+        runtime.health.info["entities"] = {"enabled": False, "reason": str(err)}
+        return None
+    runtime.health.info["entities"] = {
+        "enabled": True,
+        "models": {name: e.model for name, e in embedders.items()},
+        "provider": embedders["person"].provider,
+    }
+    return EntityRecognizer(config.entities, runtime.require_pool(), embedders)
+
+
 async def _analyze(runtime: Runtime) -> Stages:
     from hsid.pipeline.analyze_worker import AnalyzeWorker
     from hsid.pipeline.analyzer import RiskScorer
     from hsid.pipeline.prompts import seed_default_prompt
+    from hsid.pipeline.schedule import FairQueue
 
     config, pool, redis = runtime.config, runtime.require_pool(), runtime.require_redis()
+    if config.entities.model and runtime.health.info.get("entities", {}).get("enabled") is False:
+        # This process's recognition could not start: no entity will come to wait for.
+        config = config.with_overrides({"entities": {"wait_seconds": 0}})
     await seed_default_prompt(pool)
     scorer = RiskScorer(config.analyzer)
     await scorer.load()
@@ -103,7 +143,9 @@ async def _analyze(runtime: Runtime) -> Stages:
         "mode": "llm" if scorer.unavailable_reason is None else "rules",
         "reason": scorer.unavailable_reason,
     }
-    queue = _queue(runtime, constants.ANALYSIS_QUEUE, "analyze")
+    queue = FairQueue(redis, constants.ANALYSIS_QUEUE, worker_id("analyze"), config.queues,
+                      runtime.health, keyspace=runtime.keyspace, stores=runtime.stores,
+                      max_consecutive=config.analyzer.max_consecutive)
     return [("analyzer", lambda: AnalyzeWorker(config, pool, redis, queue, scorer,
                                                runtime.stopping, keyspace=runtime.keyspace))]
 
@@ -113,7 +155,6 @@ async def _services(runtime: Runtime) -> Stages:
     from hsid.services.baselines import BaselineService
     from hsid.services.cleanup import CleanupService
     from hsid.services.gpu import GpuMonitor
-    from hsid.services.notify import Notifier
     from hsid.services.status import StatusPublisher
 
     config, pool, redis = runtime.config, runtime.require_pool(), runtime.require_redis()
@@ -129,9 +170,36 @@ async def _services(runtime: Runtime) -> Stages:
         ("status_publisher", lambda: StatusPublisher(runtime)),
         ("cleanup", lambda: CleanupService(config.retention, config.paths, pool, redis,
                                            runtime.stopping, keyspace=keyspace, zone=zone)),
-        ("notifier", lambda: Notifier(config.alerts, pool, redis, runtime.stopping,
-                                      keyspace=keyspace)),
-    ] + ([("baselines", lambda: BaselineService(config.baselines, pool, redis,
-                                                runtime.stopping, keyspace=keyspace,
-                                                zone=zone))]
-         if config.baselines.enabled else [])
+    ] + _notifications(runtime, zone) + (
+        [("baselines", lambda: BaselineService(config.baselines, pool, redis,
+                                               runtime.stopping, keyspace=keyspace, zone=zone))]
+        if config.baselines.enabled else [])
+
+
+def _notifications(runtime: Runtime, zone: tzinfo) -> Stages:
+    """The alert notifier and, with [mqtt] url set, Home Assistant's publisher; they share
+    the pictures (Evidence) and one MQTT connection when the alerts go to that broker."""
+    from hsid.config import alert_settings
+    from hsid.homeassistant.link import MqttLink
+    from hsid.homeassistant.publisher import HomeAssistantPublisher
+    from hsid.imaging.evidence import Evidence
+    from hsid.services.channels import AlertChannels
+    from hsid.services.notify import Notifier
+
+    config, pool, redis = runtime.config, runtime.require_pool(), runtime.require_redis()
+    alerts = alert_settings(config)
+    evidence = Evidence(pool, config.paths, config.detector.max_pixels)
+    link = MqttLink(config.mqtt) if config.mqtt.url else None
+
+    def channels() -> AlertChannels:
+        return AlertChannels(alerts, evidence=evidence, public_url=config.api.public_url,
+                             zone=zone, link=link)
+
+    stages: Stages = [("notifier", lambda: Notifier(alerts, pool, redis, runtime.stopping,
+                                                    keyspace=runtime.keyspace,
+                                                    channels=channels))]
+    if link is not None:
+        stages.append(("homeassistant", lambda: HomeAssistantPublisher(
+            config, pool, redis, runtime.stopping, keyspace=runtime.keyspace, link=link,
+            evidence=evidence)))
+    return stages

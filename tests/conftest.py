@@ -120,7 +120,8 @@ def keyspace(redis_prefix: str) -> Keyspace:
 TABLES = (
     "alerts", "alert_rules", "zones", "activity_baselines", "class_baselines", "audit_logs",
     "entities", "prompt_versions", "prompt_configs", "scene_changes", "user_calibrations",
-    "gpu_stats", "logs", "api_keys", "snapshots", "detections", "events", "cameras",
+    "gpu_stats", "logs", "api_keys", "snapshots", "entity_detections", "detections", "events",
+    "cameras",
 )
 
 

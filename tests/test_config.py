@@ -9,6 +9,7 @@ import pytest
 from hsid.config import (
     Config,
     SiteConfig,
+    alert_settings,
     load_config,
     redacted,
     site_zone,
@@ -232,3 +233,78 @@ def test_capture_time_keys_are_read(tmp_path: Path) -> None:
     config = load_config(path, environ={"HSID_SITE__TIMEZONE": "Europe/Berlin"})
     assert (config.watcher.max_backlog_hours, config.batch.backlog_seconds) == (12.0, 600.0)
     assert config.site.timezone == "Europe/Berlin"
+
+
+def test_notification_secrets_are_redacted() -> None:
+    config = load_config(None, environ={
+        "HSID_ALERTS__APPRISE_URLS": '["ntfy://ntfy.sh/my-secret-topic", '
+                                     '"tgram://123:bot-token/456"]',
+        "HSID_MQTT__URL": "mqtt://ha:broker-pass@broker.lan:1883",
+    })
+    assert config.alerts.apprise_urls == ("ntfy://ntfy.sh/my-secret-topic",
+                                          "tgram://123:bot-token/456")
+    shown = redacted(config)
+    assert shown["alerts"]["apprise_urls"] == ["ntfy://***", "tgram://***"]
+    assert shown["mqtt"]["url"] == "mqtt://ha:***@broker.lan:1883"
+    assert not any(secret in str(shown) for secret in ("my-secret-topic", "bot-token",
+                                                        "broker-pass"))
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"HSID_API__PUBLIC_URL": "hsid.example.net"}, "api.public_url = 'hsid.example.net'"),
+        ({"HSID_API__PUBLIC_URL": "https://a b"}, "api.public_url"),
+        ({"HSID_MQTT__URL": "http://broker"}, "mqtt.url = 'http://broker'"),
+        ({"HSID_MQTT__TOPIC_PREFIX": "hsid/#"}, "mqtt.topic_prefix = 'hsid/#'"),
+        ({"HSID_MQTT__DISCOVERY_PREFIX": "/homeassistant"}, "mqtt.discovery_prefix"),
+        ({"HSID_MQTT__CLEAR_SECONDS": "0"}, "mqtt.clear_seconds = 0.0"),
+        ({"HSID_ALERTS__IMAGE_WIDTH": "10"}, "alerts.image_width = 10"),
+        ({"HSID_ALERTS__DEFAULT_CHANNELS": "log,sms"}, "unknown channel sms"),
+    ],
+)
+def test_bad_notification_settings_name_the_key(environ: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, environ=environ)
+    assert named in str(info.value)
+
+
+def test_the_mqtt_alert_channel_uses_the_home_assistant_broker_unless_told_otherwise() -> None:
+    shared = load_config(None, environ={"HSID_MQTT__URL": "mqtt://broker.lan"})
+    assert alert_settings(shared).mqtt_url == "mqtt://broker.lan"
+    own = load_config(None, environ={"HSID_MQTT__URL": "mqtt://broker.lan",
+                                     "HSID_ALERTS__MQTT_URL": "mqtt://other"})
+    assert alert_settings(own).mqtt_url == "mqtt://other"
+    assert alert_settings(Config()).mqtt_url == ""
+    assert load_config(None, environ={
+        "HSID_API__PUBLIC_URL": "https://hsid.example.net/cams",
+        "HSID_ALERTS__DEFAULT_CHANNELS": "log,apprise"}).alerts.default_channels == (
+        "log", "apprise")
+
+
+def test_entity_channel_statistics_are_read_from_toml_and_the_environment(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "hsid.toml"
+    path.write_text('[entities]\nmodel = "/m/osnet.onnx"\nmean = [0.5, 0.5, 0.5]\n'
+                    "vehicle_std = [0.2686, 0.2613, 0.2758]\n")
+    config = load_config(path, environ={"HSID_ENTITIES__STD": "1, 1, 1"})
+    assert config.entities.mean == (0.5, 0.5, 0.5)
+    assert config.entities.std == (1.0, 1.0, 1.0)
+    assert config.entities.vehicle_std == (0.2686, 0.2613, 0.2758)
+    assert Config().entities.model == ""  # entities are off unless a model is named
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"HSID_ENTITIES__MEAN": "0.5,0.5"}, "entities.mean = [0.5, 0.5]: expected 3 numbers"),
+        ({"HSID_ENTITIES__STD": "0,1,1"}, "entities.std = [0.0, 1.0, 1.0]: each must be"),
+        ({"HSID_ENTITIES__VEHICLE_MEAN": "red,green,blue"}, "entities.vehicle_mean"),
+        ({"HSID_ENTITIES__THRESHOLD": "1.5"}, "entities.threshold = 1.5"),
+    ],
+)
+def test_bad_entity_settings_name_the_key(environ: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, environ=environ)
+    assert named in str(info.value)

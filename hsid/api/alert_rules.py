@@ -17,14 +17,14 @@ from hsid.services.alerts import WEEKDAYS, schedule_problem
 RULE_COLUMNS = (
     "id, name, description, enabled, severity, risk_threshold, object_types, camera_ids, "
     "zone_ids, min_confidence, schedule, conditions, dedup_key_template, cooldown_seconds, "
-    "channels, created_at, updated_at"
+    "channels, skip_trusted_entities, created_at, updated_at"
 )
 SELECT_RULE = "SELECT " + RULE_COLUMNS + " FROM alert_rules WHERE id = $1"
 INSERT_RULE = (
     "INSERT INTO alert_rules (name, description, enabled, severity, risk_threshold, "
     "object_types, camera_ids, zone_ids, min_confidence, schedule, conditions, "
-    "dedup_key_template, cooldown_seconds, channels) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) "
+    "dedup_key_template, cooldown_seconds, channels, skip_trusted_entities) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) "
     "RETURNING " + RULE_COLUMNS
 )
 UPDATE_RULE = (
@@ -82,6 +82,9 @@ FIELDS: dict[str, Field] = {
     "cooldown_seconds": Int(minimum=0, maximum=31_536_000, default=300),
     "channels": Arr(items=Str(enum=ALERT_CHANNELS), nullable=True,
                     description="where alerts go; empty: alerts.default_channels"),
+    # hsid's extension (schema.sql): "trusted entities may skip alerts", per rule.
+    "skip_trusted_entities": Bool(default=True, description=(
+        "pass over an event whose every person and vehicle is a trusted entity")),
 }
 RULE = Shape({
     "id": out("string", format="uuid"),
@@ -99,6 +102,7 @@ RULE = Shape({
     "dedup_key_template": out("string"),
     "cooldown_seconds": out("integer"),
     "channels": out(None),
+    "skip_trusted_entities": out("boolean"),
     "created_at": out("string", format="date-time"),
     "updated_at": out("string", format="date-time"),
 })

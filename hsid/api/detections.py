@@ -1,4 +1,5 @@
-"""Detection routes: filtered lists, one detection, and its thumbnail and source image."""
+"""Detection routes: filtered lists, one detection, and its thumbnail and source image
+(as stored, or annotated with its boxes and scaled)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import asyncpg
 from aiohttp import web
 
 from hsid.api import files
-from hsid.api.fields import Int, Num, Shape, Str, out
+from hsid.api.fields import Bool, Int, Num, Shape, Str, out
 from hsid.api.queries import TIME_RANGE, Listing, fetch_one, fetch_page, page_of, paged
 from hsid.api.routing import ApiRoutes, Call
+from hsid.imaging.evidence import Evidence
 
 DETECTION_COLUMNS = (
     "id, camera_id, file_path, file_type, detected_at, object_type, confidence, "
@@ -31,6 +33,9 @@ LIST_DETECTIONS = Listing(
 )
 
 DETECTION_PATH = {"detection_id": Int(minimum=1, description="detection id")}
+# ?width= of the pictures hsid renders: up to 8K; never wider than the original.
+PICTURE_WIDTH = Int(minimum=16, maximum=7680,
+                    description="scale to this many pixels wide (never wider than the original)")
 DETECTION = Shape({
     "id": out("integer"),
     "camera_id": out("string"),
@@ -85,7 +90,24 @@ async def get_thumbnail(call: Call) -> web.StreamResponse:
     return await _stored_file(call, SELECT_THUMBNAIL_PATH)
 
 
+def evidence(call: Call) -> Evidence:
+    config = call.runtime.config
+    return Evidence(call.pool, config.paths, config.detector.max_pixels)
+
+
+def jpeg_response(jpeg: bytes) -> web.Response:
+    return web.Response(body=jpeg, content_type="image/jpeg")
+
+
 @api.get("/api/detections/{detection_id}/image", "The detection's source image",
-         path_params=DETECTION_PATH, media_types=files.IMAGE_MEDIA_TYPES)
+         path_params=DETECTION_PATH, media_types=files.IMAGE_MEDIA_TYPES,
+         query={"annotate": Bool(default=False, description="draw the boxes, class labels "
+                                 "and confidences of the image's detections (JPEG)"),
+                "width": PICTURE_WIDTH})
 async def get_image(call: Call) -> web.StreamResponse:
-    return await _stored_file(call, SELECT_IMAGE_PATH)
+    """The file as stored; with annotate=true or a width, a JPEG rendered from it."""
+    if not call.query["annotate"] and call.query["width"] is None:
+        return await _stored_file(call, SELECT_IMAGE_PATH)
+    picture = await evidence(call).detection_picture(
+        call.path["detection_id"], call.query["width"], boxes=call.query["annotate"])
+    return jpeg_response(picture.jpeg)

@@ -6,8 +6,15 @@ import json
 from typing import Any
 
 import asyncpg
+from aiohttp import web
 
-from hsid.api.detections import DETECTION, DETECTION_COLUMNS
+from hsid.api.detections import (
+    DETECTION,
+    DETECTION_COLUMNS,
+    PICTURE_WIDTH,
+    evidence,
+    jpeg_response,
+)
 from hsid.api.fields import INT32_MAX, Arr, Body, Bool, Int, Shape, Str, out
 from hsid.api.queries import (
     TIME_RANGE,
@@ -32,7 +39,11 @@ SELECT_EVENT_DETECTIONS = (
     + " FROM detections WHERE id = any($1::integer[]) ORDER BY detected_at, id"
 )
 UPDATE_EVENT = "UPDATE events SET {sets} WHERE id = $1 RETURNING " + EVENT_COLUMNS
-REVIEW_EVENTS = "UPDATE events SET reviewed = $2 WHERE id = any($1::integer[]) RETURNING id"
+# A bulk review's note ($3) replaces each event's notes, as a PATCH does; none keeps them.
+REVIEW_EVENTS = """
+UPDATE events SET reviewed = $2, notes = coalesce($3::text, notes)
+WHERE id = any($1::integer[]) RETURNING id
+"""
 
 
 def detection_ids(text: str | None) -> list[int] | None:
@@ -153,6 +164,8 @@ async def update_event(call: Call) -> dict:
     body=Body({
         "ids": Arr(items=Int(minimum=1), min_items=1, max_items=1000, required=True),
         "reviewed": Bool(default=True),
+        "notes": Str(max_length=10_000,
+                     description="replaces the notes of every event named; absent: kept"),
     }),
     response=Shape({
         "updated": out("array", items={"type": "integer"}),
@@ -162,8 +175,18 @@ async def update_event(call: Call) -> dict:
 )
 async def review_events(call: Call) -> dict:
     ids = sorted(set(call.body["ids"]))
+    notes = call.body.get("notes")
     updated = sorted(r["id"] for r in await call.pool.fetch(
-        REVIEW_EVENTS, ids, call.body["reviewed"]))
+        REVIEW_EVENTS, ids, call.body["reviewed"], notes))
     missing = sorted(set(ids) - set(updated))
     call.audit(ids=ids, reviewed=call.body["reviewed"], not_found=missing)
     return {"updated": updated, "not_found": missing}
+
+
+@api.get("/api/events/{event_id}/snapshot", "The event's most telling image, annotated",
+         path_params=EVENT_PATH, media_types=("image/jpeg",), query={"width": PICTURE_WIDTH})
+async def get_event_snapshot(call: Call) -> web.Response:
+    """The image of the event's surest person (else its surest detection) with the boxes,
+    class labels and confidences of that image's detections drawn, as JPEG."""
+    picture = await evidence(call).event_picture(call.path["event_id"], call.query["width"])
+    return jpeg_response(picture.jpeg)

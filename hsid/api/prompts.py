@@ -172,7 +172,12 @@ async def rollback_prompt(call: Call) -> asyncpg.Record:
         saved = await fetch_one(conn, SELECT_VERSION_CONFIG, model, version,
                                 what=f"{model} prompt version {version}")
         try:
-            config = Body(CONFIG_FIELDS).parse(json.loads(saved[0]))
+            stored = json.loads(saved[0])
+            # Evaluation figures (pipeline/prompts.py) belong to the version measured, not
+            # to the restored copy: it is measured afresh.
+            config = Body(CONFIG_FIELDS).parse(
+                {k: v for k, v in stored.items() if k != "evaluation"}
+                if isinstance(stored, dict) else stored)
         except (ValueError, InvalidInput) as err:
             raise Conflict(f"{model} prompt version {version} cannot be restored: {err}") \
                 from err

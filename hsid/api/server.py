@@ -20,6 +20,7 @@ from hsid.api import (
     logs,
     maintenance,
     openapi,
+    page,
     prompts,
     scene_changes,
     system,
@@ -36,7 +37,7 @@ log = structlog.get_logger(__name__)
 
 RESOURCES = (
     system, cameras, zones, calibrations, events, detections, alert_rules, alerts, entities,
-    scene_changes, prompts, logs, dlq, audit, maintenance, websocket, openapi,
+    scene_changes, prompts, logs, dlq, audit, maintenance, websocket, openapi, page,
 )
 
 

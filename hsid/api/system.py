@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from hsid.api.fields import Shape, out
+from hsid.api.fields import Int, Shape, out
 from hsid.api.queries import row_counts
 from hsid.api.routing import ApiRoutes, Call, iso, json_response
 from hsid.config import redacted
+from hsid.services.calibration import calibration_report
 from hsid.services.health import health_report
 from hsid.services.status import queue_figures
 
@@ -37,6 +38,16 @@ HEALTH = Shape({
     "redis": out("object"),
     "stages": out("object"),
 }, extra={"additionalProperties": True})
+
+CALIBRATION = Shape({
+    "days": out("integer"),
+    "thresholds": OBJECT,
+    "cameras": out("array", items={"type": "object"},
+                   description="per camera and risk level: events, feedback (reviewed, alert "
+                               "acknowledged or dismissed), dismissed, confirmed, "
+                               "dismissal_rate (null without feedback)"),
+    "suggestions": out("array", items={"type": "string"}),
+})
 
 api = ApiRoutes("system")
 
@@ -71,3 +82,10 @@ async def get_stats(call: Call) -> dict:
          response=Shape({}, extra={"additionalProperties": {"type": "object"}}))
 async def get_config(call: Call) -> dict:
     return redacted(call.runtime.config)
+
+
+@api.get("/api/system/calibration", "How often people dismissed events, per camera and risk "
+         "level, with suggested band or rule changes", response=CALIBRATION,
+         query={"days": Int(minimum=1, maximum=3650, default=30, description="the window")})
+async def get_risk_calibration(call: Call) -> dict:
+    return await calibration_report(call.pool, call.runtime.config.analyzer, call.query["days"])

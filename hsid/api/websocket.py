@@ -15,7 +15,7 @@ from hsid.api.routing import ApiRoutes, Call
 from hsid.backoff import Backoff
 from hsid.constants import SECURITY_EVENTS_CHANNEL, SYSTEM_STATUS_CHANNEL
 from hsid.errors import Unavailable
-from hsid.runtime import Runtime
+from hsid.runtime import Runtime, pause
 
 log = structlog.get_logger(__name__)
 
@@ -104,8 +104,7 @@ class Relay:
                 delay = backoff.next_delay()
                 log.warning("ws_relay_reconnecting", channel=self.channel, in_s=delay,
                             error=str(err) or type(err).__name__)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+                await pause(self._stopping, delay)
 
     async def _listen(self, backoff: Backoff) -> None:
         # Polled with a timeout and a stop flag rather than `async for pubsub.listen()`:

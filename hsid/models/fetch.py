@@ -23,7 +23,12 @@ log = structlog.get_logger(__name__)
 
 Progress = Callable[[str], None]
 
-ROLE_CONFIG_KEYS = {"detector": "detector.model", "analyzer": "analyzer.model"}
+ROLE_CONFIG_KEYS = {
+    "detector": "detector.model",
+    "analyzer": "analyzer.model",
+    "embedder": "entities.model",  # re-identification of people (and vehicles, by default)
+    "vehicle_embedder": "entities.vehicle_model",
+}
 PART_SUFFIX = ".part"  # an unfinished download; kept across failures so the next run resumes
 CHUNK_BYTES = 1 << 20
 HASH_READ_BYTES = 8 << 20

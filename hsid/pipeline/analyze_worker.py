@@ -10,6 +10,17 @@ retries of its database write, so a flaky database never costs a second LLM gene
 A batch that was being analysed when the daemon died POISON_CRASH_COUNT times is scored by
 the rules: the LLM is the likeliest cause, and a third death would only repeat it.
 
+The batch's people and vehicles are looked up as entities (services/entity_context.py):
+the prompt and the rule scorer hear how often each was seen today and whether the
+household trusts it, and alert rules may pass over an event of trusted entities only.
+
+Episodes (batcher.py): an item may carry `episode_id` and `fast_path`. The fast-path item
+of an episode has the episode id as its batch id, so a follow-up batch quotes that event
+(its time and summary) in the prompt, and the alerts of one episode share their dedup: a
+rule alerts once per episode unless a follow-up's risk level is higher (services/alerts.py).
+Each camera has an LLM budget (`analyzer.max_per_camera_hour`, counted in Redis per clock
+hour): beyond it batches are scored by the rules, and fast-path snapshots still get the LLM.
+
 Time is when the snapshots were taken (`captured_at`, else `detected_at` for rows stored
 before capture times), in the site's zone: the event's started_at and ended_at, night and
 day, the prompt's local time, alert schedules and the baselines quoted all use it.
@@ -42,6 +53,7 @@ from hsid.pipeline.rules import fallback_assessment
 from hsid.queues import Job, ReliableQueue, consume
 from hsid.services.alerts import DetectionFacts, EventFacts, raise_alert
 from hsid.services.baselines import baseline_context
+from hsid.services.entity_context import EntityFacts, entity_facts
 from hsid.services.scene import scene_context
 from hsid.services.zones import enabled_zones, zones_of_box
 
@@ -51,6 +63,7 @@ log = structlog.get_logger(__name__)
 HEADER_BYTES = 64 * 1024
 # The rules' reason for a batch that kept killing the daemon (POISON_CRASH_COUNT deaths).
 POISON_REASON = "the LLM analysis crashed the daemon twice on this batch"
+BUDGET_REASON = "the camera's LLM budget of {budget} analyses an hour was reached"
 
 SELECT_EVENT_ID = "SELECT id FROM events WHERE batch_id = $1"
 # Held while an event of the camera is checked and inserted: two analyzers take turns, so
@@ -62,6 +75,9 @@ SELECT id, file_path, coalesce(captured_at, detected_at) AS happened_at, object_
 FROM detections WHERE id = any($1::int[]) AND camera_id = $2 ORDER BY happened_at, id
 """
 SELECT_CAMERA_NAME = "SELECT name FROM cameras WHERE id = $1"
+SELECT_EPISODE_START = """
+SELECT started_at, risk_level, summary FROM events WHERE batch_id = $1 AND camera_id = $2
+"""
 INSERT_EVENT = """
 INSERT INTO events (batch_id, camera_id, started_at, ended_at, risk_score, risk_level,
                     summary, reasoning, detection_ids, is_fast_path)
@@ -80,6 +96,14 @@ def parse_item(item: dict[str, Any]) -> tuple[str, str, list[int]]:
     if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise PermanentError("detection_ids must be a non-empty list of integers")
     return batch_id, camera_id, ids
+
+
+def episode_of(item: dict[str, Any]) -> tuple[str | None, bool | None]:
+    """The item's episode id (None: none) and fast-path flag (None: an item from before
+    episodes, which says neither)."""
+    episode, fast = item.get("episode_id"), item.get("fast_path")
+    return (episode if isinstance(episode, str) and episode else None,
+            fast if isinstance(fast, bool) else None)
 
 
 def image_size(path: str, fallback: tuple[int, int]) -> tuple[int, int]:
@@ -112,6 +136,7 @@ async def batch_context(pool: asyncpg.Pool, config: Config, camera_id: str,
     with its position and zones, and how usual such activity is."""
     name = await pool.fetchval(SELECT_CAMERA_NAME, camera_id) or camera_id
     zones = await enabled_zones(pool, camera_id)
+    entities = await _entities(pool, config, rows)
     detections = []
     for row in rows:
         box = (row["bbox_x"] or 0, row["bbox_y"] or 0, row["bbox_width"] or 0,
@@ -119,15 +144,31 @@ async def batch_context(pool: asyncpg.Pool, config: Config, camera_id: str,
         width, height = await asyncio.to_thread(
             image_size, row["file_path"], (box[0] + box[2], box[1] + box[3]))
         inside = zones_of_box(zones, box, width, height)
+        entity = entities.of(row["id"])
         detections.append(DetectionContext(
             object_type=row["object_type"] or "object", confidence=row["confidence"] or 0.0,
             bbox=(box[0], box[1], box[0] + box[2], box[1] + box[3]),
             image_width=width, image_height=height,
             zones=[zone.name for zone in inside],
-            zone_ids=tuple(str(zone.id) for zone in inside)))
+            zone_ids=tuple(str(zone.id) for zone in inside),
+            entity_id=entity.entity_id if entity else None,
+            trust_status=entity.trust_status if entity else None))
     local_time = happened_at(rows[0]).astimezone(site_zone(config.site))
+    extra = await _enrichment(pool, config, camera_id, rows) + entities.lines
     return BatchContext(camera_name=name, local_time=local_time, detections=detections,
-                        extra_context=await _enrichment(pool, config, camera_id, rows))
+                        extra_context=extra, entities=entities.entities)
+
+
+async def _entities(pool: asyncpg.Pool, config: Config,
+                    rows: list[asyncpg.Record]) -> EntityFacts:
+    """The batch's known people and vehicles; best-effort: without them the analysis goes
+    on (and no alert is skipped for trust it could not read)."""
+    try:
+        return await entity_facts(pool, config.entities, [row["id"] for row in rows],
+                                  happened_at(rows[-1]), site_zone(config.site))
+    except asyncpg.PostgresError as err:
+        log.warning("entities_unavailable", error=str(err))
+        return EntityFacts()
 
 
 async def _enrichment(pool: asyncpg.Pool, config: Config, camera_id: str,
@@ -161,6 +202,7 @@ class AnalyzeWorker:
         self._queue = queue
         self._scorer = scorer
         self._stopping = stopping
+        self._keyspace = keyspace
         # batch id -> (the detection ids assessed, their assessment), kept across retries
         self._assessed: dict[str, tuple[tuple[int, ...], RiskAssessment]] = {}
 
@@ -169,6 +211,7 @@ class AnalyzeWorker:
 
     async def _handle(self, job: Job) -> None:
         batch_id, camera_id, ids = parse_item(job.item)
+        episode_id, fast = episode_of(job.item)
         with structlog.contextvars.bound_contextvars(camera_id=camera_id, batch_id=batch_id):
             try:
                 if await self._pool.fetchval(SELECT_EVENT_ID, batch_id) is not None:
@@ -180,9 +223,17 @@ class AnalyzeWorker:
                 rows = await _uncovered(self._pool, batch_id, camera_id, rows)
                 while rows:
                     context = await batch_context(self._pool, self._config, camera_id, rows)
-                    assessment = await self._assessment(batch_id, rows, context,
-                                                        job.crash_count)
-                    taken = await self._store(batch_id, camera_id, rows, context, assessment)
+                    if episode_id is not None and episode_id != batch_id:
+                        context.extra_context[:0] = await self._episode_story(
+                            episode_id, camera_id)
+                    if fast is None:  # an item queued before episodes: one detection alone
+                        fast = len(rows) == 1 and is_fast_path(
+                            self._config.batch, rows[0]["object_type"] or "",
+                            rows[0]["confidence"] or 0.0)
+                    assessment = await self._assessment(batch_id, camera_id, rows, context,
+                                                        job.crash_count, fast)
+                    taken = await self._store(batch_id, camera_id, rows, context, assessment,
+                                              fast=fast, episode_id=episode_id)
                     if not taken:
                         break
                     # Another analyzer's event took some meanwhile: assess what is left.
@@ -193,36 +244,68 @@ class AnalyzeWorker:
                 raise TransientError(f"database: {err}") from err
             self._assessed.pop(batch_id, None)
 
-    async def _assessment(self, batch_id: str, rows: list[asyncpg.Record],
-                          context: BatchContext, crash_count: int) -> RiskAssessment:
+    async def _assessment(self, batch_id: str, camera_id: str, rows: list[asyncpg.Record],
+                          context: BatchContext, crash_count: int,
+                          fast: bool) -> RiskAssessment:
         """The assessment of these rows, reused when a retry brings the same ones."""
         ids = tuple(row["id"] for row in rows)
         kept = self._assessed.get(batch_id)
         if kept is not None and kept[0] == ids:
             return kept[1]
-        assessment = await self._assess(context, crash_count)
+        assessment = await self._assess(camera_id, context, crash_count, fast)
         self._assessed[batch_id] = (ids, assessment)
         return assessment
 
-    async def _assess(self, context: BatchContext, crash_count: int) -> RiskAssessment:
+    async def _assess(self, camera_id: str, context: BatchContext, crash_count: int,
+                      fast: bool) -> RiskAssessment:
         if crash_count >= constants.POISON_CRASH_COUNT:
             log.warning("analysis_poison_fallback", crash_count=crash_count)
             metrics.LLM_FALLBACKS.labels("crashed_daemon").inc()
+            metrics.ANALYSES.labels("rules-fallback").inc()
             return fallback_assessment(context, POISON_REASON, self._config.analyzer)
+        if not await self._within_budget(camera_id, fast):
+            budget = self._config.analyzer.max_per_camera_hour
+            log.info("analysis_over_budget", budget=budget)
+            metrics.ANALYSES.labels("rules-budget").inc()
+            return fallback_assessment(context, BUDGET_REASON.format(budget=budget),
+                                       self._config.analyzer)
         started = time.perf_counter()
         assessment = await self._scorer.assess(context, await active_settings(self._pool))
         metrics.STAGE_LATENCY.labels("llm").observe(time.perf_counter() - started)
         if not assessment.used_llm:
             metrics.LLM_FALLBACKS.labels(_reason_label(assessment.fallback_reason)).inc()
+        metrics.ANALYSES.labels("llm" if assessment.used_llm else "rules-fallback").inc()
         return assessment
 
+    async def _within_budget(self, camera_id: str, fast: bool) -> bool:
+        """Count one LLM analysis against the camera's hour; False when a batch would go
+        past `analyzer.max_per_camera_hour` (0: no budget). A fast path is counted but
+        always allowed: it is the one analysis per episode that must be quick and good."""
+        budget = self._config.analyzer.max_per_camera_hour
+        if budget == 0 or self._scorer.unavailable_reason is not None:
+            return True  # no budget, or no LLM to spare: the rules say why themselves
+        key = self._keyspace.llm_budget(camera_id, int(time.time() // 3600))
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, constants.LLM_BUDGET_TTL_SECONDS)
+            used, _ = await pipe.execute()
+        return fast or int(used) <= budget
+
+    async def _episode_story(self, episode_id: str, camera_id: str) -> list[str]:
+        """A follow-up's prompt line about how its episode began (the fast-path event)."""
+        row = await self._pool.fetchrow(SELECT_EPISODE_START, episode_id, camera_id)
+        if row is None:
+            return []
+        began = row["started_at"].astimezone(site_zone(self._config.site))
+        return [f"This continues an episode that began at {began:%H:%M:%S} on this camera, "
+                f"then assessed {row['risk_level']}: {row['summary']}"]
+
     async def _store(self, batch_id: str, camera_id: str, rows: list[asyncpg.Record],
-                     context: BatchContext, assessment: RiskAssessment) -> set[int]:
+                     context: BatchContext, assessment: RiskAssessment, *, fast: bool,
+                     episode_id: str | None) -> set[int]:
         """Insert the event and its alert, then publish them. Returns the detections that,
         checked under the camera's lock, another event holds by now (nothing is stored
         then); an empty set once the event is stored, or was already."""
-        fast = len(rows) == 1 and is_fast_path(
-            self._config.batch, rows[0]["object_type"] or "", rows[0]["confidence"] or 0.0)
         started_at, ended_at = rows[0]["happened_at"], rows[-1]["happened_at"]
         alert = None
         with metrics.STAGE_LATENCY.labels("database").time():
@@ -243,8 +326,10 @@ class AnalyzeWorker:
                         risk_score=assessment.risk_score, risk_level=assessment.risk_level,
                         summary=assessment.summary, started_at=started_at,
                         detections=[DetectionFacts(d.object_type, d.confidence,
-                                                   frozenset(d.zone_ids), tuple(d.zones))
-                                    for d in context.detections]))
+                                                   frozenset(d.zone_ids), tuple(d.zones),
+                                                   d.trust_status)
+                                    for d in context.detections],
+                        episode_id=episode_id))
         if event_id is None:
             log.info("event_already_stored")
             return set()
@@ -298,7 +383,7 @@ async def _uncovered(pool: asyncpg.Pool, batch_id: str, camera_id: str,
 def _reason_label(reason: str | None) -> str:
     """A low-cardinality metric label for why the rules were used."""
     text = (reason or "").lower()
-    for label in ("deadline", "no analyzer model", "failed", "not loaded"):
+    for label in ("fact guard", "deadline", "no analyzer model", "failed", "not loaded"):
         if label in text:
             return label.replace(" ", "_")
     return "unavailable"

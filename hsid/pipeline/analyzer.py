@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from hsid import metrics
 from hsid.config import AnalyzerConfig
 from hsid.errors import TransientError, Unavailable
 from hsid.pipeline.assessment import (
@@ -21,9 +22,11 @@ from hsid.pipeline.assessment import (
     DetectionContext,
     RiskAssessment,
     class_counts,
+    is_night,
     risk_level_for,
     time_of_day,
 )
+from hsid.pipeline.fact_guard import Contradiction, check_facts, correction_note
 from hsid.pipeline.rules import fallback_assessment
 
 if TYPE_CHECKING:
@@ -101,15 +104,42 @@ class AnalysisFailed(TransientError):
     code = "analysis_failed"
 
 
+class FactContradiction(AnalysisFailed):
+    """The model's words contradicted the batch's facts, again after being told so."""
+
+    code = "fact_contradiction"
+
+
+@dataclass(frozen=True, slots=True)
+class GuardedAnswer:
+    """The outcome of the fact guard: the assessment kept (None when the second answer
+    still contradicted the facts) and the contradictions found in each answer, in order."""
+
+    assessment: RiskAssessment | None
+    contradictions: tuple[tuple[Contradiction, ...], ...]
+
+    @property
+    def outcome(self) -> str:
+        """passed (first answer true to the facts), corrected (the second was), rejected."""
+        if self.assessment is None:
+            return "rejected"
+        return "passed" if len(self.contradictions) == 1 else "corrected"
+
+
 # --- Prompt ----------------------------------------------------------------------------------
 
 
-def build_prompt(ctx: BatchContext) -> str:
-    """The user message for one batch: facts only; the instructions live in the system prompt."""
+def build_prompt(ctx: BatchContext, correction: str = "") -> str:
+    """The user message for one batch: facts only; the instructions live in the system prompt.
+    `correction` names what a previous answer got wrong (the fact guard's second try).
+
+    The time of day comes first and in words, and each class is counted, because small
+    models otherwise read "02:14" or "11:25" as they please and name what is not there."""
     lines = [
+        time_in_words(ctx),
         f"Camera: {ctx.camera_name}",
-        f"Local time: {ctx.local_time:%A %Y-%m-%d %H:%M} ({time_of_day(ctx.local_time)})",
-        f"Detections ({len(ctx.detections)}): {class_counts(ctx.detections) or 'none'}",
+        f"Detections ({len(ctx.detections)}): {class_counts(ctx.detections) or 'none'}; "
+        "no other objects were detected",
     ]
     shown = ctx.detections[:PROMPT_MAX_DETECTIONS]
     lines += [f"{i}. {describe_detection(d)}" for i, d in enumerate(shown, start=1)]
@@ -118,8 +148,20 @@ def build_prompt(ctx: BatchContext) -> str:
     if ctx.extra_context:
         lines.append("Context:")
         lines += [f"- {line}" for line in ctx.extra_context]
+    else:
+        lines.append("Context: none (no history, scene changes or known entities).")
+    if correction:
+        lines.append(correction)
     lines.append("Assess the risk of this batch. Answer with the JSON object only.")
     return "\n".join(lines)
+
+
+def time_in_words(ctx: BatchContext) -> str:
+    """'It is daytime: Sunday 11:25, morning (2026-11-29).' or 'It is night: ...'."""
+    moment = ctx.local_time
+    if is_night(moment):
+        return f"It is night: {moment:%A %H:%M} ({moment:%Y-%m-%d})."
+    return f"It is daytime: {moment:%A %H:%M}, {time_of_day(moment)} ({moment:%Y-%m-%d})."
 
 
 def describe_detection(d: DetectionContext) -> str:
@@ -210,23 +252,56 @@ class LlmAnalyzer:
                 self._llm, self._chat = None, None
 
     def analyze(self, ctx: BatchContext, settings: PromptSettings) -> RiskAssessment:
-        """Assess one batch. Raises AnalysisTimeout past config.timeout_seconds (waiting for
-        the lock included), AnalysisFailed on a llama.cpp error or unusable output."""
-        return parse_response(self.complete(ctx, settings), self._config)
+        """Assess one batch, its words checked against the facts (answer()). Raises
+        AnalysisTimeout past config.timeout_seconds (waiting for the lock included),
+        FactContradiction when both answers contradicted the facts, AnalysisFailed on a
+        llama.cpp error or unusable output."""
+        answer = self.answer(ctx, settings)
+        if answer.assessment is None:
+            named = "; ".join(c.message for c in answer.contradictions[-1])
+            raise FactContradiction(f"fact guard: the answer contradicted the facts twice "
+                                    f"({named})")
+        return answer.assessment
 
-    def complete(self, ctx: BatchContext, settings: PromptSettings) -> str:
+    def answer(self, ctx: BatchContext, settings: PromptSettings) -> GuardedAnswer:
+        """Generate, check the summary and reasoning against the batch's facts, and on a
+        contradiction generate once more with it named in the prompt. One deadline covers
+        both tries. Counts each outcome and contradiction in /metrics."""
+        deadline = time.monotonic() + self._config.timeout_seconds
+        found: list[tuple[Contradiction, ...]] = []
+        correction = ""
+        for _ in range(2):
+            result = parse_response(self.complete(ctx, settings, correction, deadline),
+                                    self._config)
+            problems = check_facts(ctx, result.summary, result.reasoning)
+            found.append(tuple(problems))
+            for problem in problems:
+                metrics.FACT_CONTRADICTIONS.labels(problem.kind).inc()
+            if not problems:
+                break
+            log.info("llm_contradicted_facts", camera=ctx.camera_name, attempt=len(found),
+                     contradictions=[c.message for c in problems])
+            correction = correction_note(problems)
+        answer = GuardedAnswer(None if found[-1] else result, tuple(found))
+        metrics.FACT_GUARD.labels(answer.outcome).inc()
+        return answer
+
+    def complete(self, ctx: BatchContext, settings: PromptSettings, correction: str = "",
+                 deadline: float | None = None) -> str:
         """The model's raw reply for one batch: text the grammar allows, unless it raises."""
         timeout = self._config.timeout_seconds
-        deadline = time.monotonic() + timeout
-        if not self._lock.acquire(timeout=timeout):
+        if deadline is None:
+            deadline = time.monotonic() + timeout
+        if not self._lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
             raise AnalysisTimeout(f"model busy for the whole {timeout:g} s deadline")
         try:
             self._interrupted.clear()
-            return self._generate(ctx, settings, deadline)
+            return self._generate(ctx, settings, deadline, correction)
         finally:
             self._lock.release()
 
-    def _generate(self, ctx: BatchContext, settings: PromptSettings, deadline: float) -> str:
+    def _generate(self, ctx: BatchContext, settings: PromptSettings, deadline: float,
+                  correction: str = "") -> str:
         import llama_cpp
 
         if self._llm is None:
@@ -243,7 +318,7 @@ class LlmAnalyzer:
         started = time.monotonic()
         try:
             reply = self._llm.create_completion(
-                prompt=self._prompt_tokens(self._llm, ctx, settings),
+                prompt=self._prompt_tokens(self._llm, ctx, settings, correction),
                 max_tokens=settings.max_tokens,
                 temperature=settings.temperature,
                 repeat_penalty=REPEAT_PENALTY,
@@ -266,10 +341,11 @@ class LlmAnalyzer:
         return choice["text"]
 
     def _prompt_tokens(
-        self, llm: llama_cpp.Llama, ctx: BatchContext, settings: PromptSettings
+        self, llm: llama_cpp.Llama, ctx: BatchContext, settings: PromptSettings,
+        correction: str = "",
     ) -> list[int]:
         """The prompt through the model's own chat template when it has one, else plain text."""
-        user = build_prompt(ctx)
+        user = build_prompt(ctx, correction)
         if self._chat is None:
             text = f"{settings.system_prompt}\n\n{user}\n"
             return llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
@@ -386,6 +462,8 @@ class RiskScorer:
             raise
         except AnalysisTimeout as err:
             reason = f"LLM timed out: {err}"
+        except FactContradiction as err:
+            reason = f"LLM answer rejected: {err}"
         except Exception as err:  # any LLM failure: the event must still be made
             reason = f"LLM failed: {err}"
         log.warning("analyzer_fell_back", camera=ctx.camera_name, reason=reason)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from hsid.config import AnalyzerConfig
+from hsid.services.entity_context import KnownEntity
 
 RISK_LEVELS = ("low", "medium", "high", "critical")
 SUMMARY_MAX_CHARS = 200
@@ -25,6 +26,8 @@ class DetectionContext:
     image_height: int
     zones: list[str] = field(default_factory=list)  # names, for the prompt
     zone_ids: tuple[str, ...] = ()  # the same zones by id, for alert rules
+    entity_id: str | None = None  # the entity it was recognised as (services/entities.py)
+    trust_status: str | None = None  # that entity's: trusted, untrusted, unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,7 @@ class BatchContext:
     local_time: datetime
     detections: list[DetectionContext]
     extra_context: list[str] = field(default_factory=list)
+    entities: list[KnownEntity] = field(default_factory=list)  # for the rule scorer
 
 
 @dataclass(frozen=True, slots=True)

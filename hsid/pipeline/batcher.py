@@ -11,6 +11,15 @@ hsid's extension), which is cut by capture time as live batches are cut by the c
 capture more than `window_seconds` after the batch's first, or `idle_seconds` away from its
 span, closes it and opens the next), and closed by the sweeper once no backlog image came for
 `idle_seconds`. So snapshots taken hours apart never end up in one event.
+
+Episodes: one person walking past is one story, not one event per snapshot. The first
+fast-path snapshot of a camera opens an episode (`batch:{camera_id}:episode`, hsid's
+extension, whose TTL of `idle_seconds` each detection of a fast-path class renews) and is
+analysed at once, all of its detections in one item whose batch id is the episode id. While
+the episode lasts, the camera's detections join its live batch, which carries the episode id
+into its analysis item, so the follow-up event tells the whole story and alerts of the
+episode share their dedup (services/alerts.py). Opening the episode and queueing its first
+item is one Lua script, so racing detect workers open one episode and queue it once.
 """
 
 from __future__ import annotations
@@ -38,10 +47,11 @@ from hsid.runtime import pause
 log = structlog.get_logger(__name__)
 
 # KEYS: <prefix>batch:{camera_id}:current
-# ARGV: new batch id, camera id, now, ttl, ids JSON, key prefix ('<prefix>batch:')
+# ARGV: new batch id, camera id, now, ttl, ids JSON, key prefix ('<prefix>batch:'),
+#       episode id ('' for none)
 # Joins the camera's open batch, or opens one under the new id; the other keys are named
-# from the batch id read inside the script (as Keyspace.batch names them). Returns
-# {batch_id, size of the batch}.
+# from the batch id read inside the script (as Keyspace.batch names them). A batch keeps the
+# first episode it is given. Returns {batch_id, size of the batch}.
 ADD_SCRIPT = """
 local batch_id = redis.call('GET', KEYS[1])
 local prefix
@@ -59,10 +69,32 @@ local ids = cjson.decode(redis.call('GET', prefix .. 'detections') or '[]')
 for _, id in ipairs(cjson.decode(ARGV[5])) do table.insert(ids, id) end
 redis.call('SET', prefix .. 'detections', cjson.encode(ids), 'EX', ARGV[4])
 redis.call('SET', prefix .. 'last_activity', ARGV[3], 'EX', ARGV[4])
+if ARGV[7] ~= '' then
+  redis.call('SET', prefix .. 'episode_id', ARGV[7], 'EX', ARGV[4], 'NX')
+end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', prefix .. 'camera_id', ARGV[4])
 redis.call('EXPIRE', prefix .. 'started_at', ARGV[4])
+redis.call('EXPIRE', prefix .. 'episode_id', ARGV[4])
 return {batch_id, #ids}
+"""
+
+# KEYS: <prefix>batch:{camera_id}:episode, analysis_queue
+# ARGV: new episode id, idle (ms), renew (1: a detection of a fast-path class), open (1: a
+#       fast-path detection), the episode's first analysis item (JSON)
+# The camera's open episode is renewed and returned as {episode_id, 0}; without one, a
+# fast-path detection opens it and queues its item in the same step: {episode_id, 1}.
+# Otherwise {'', 0}.
+EPISODE_SCRIPT = """
+local episode = redis.call('GET', KEYS[1])
+if episode then
+  if ARGV[3] == '1' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+  return {episode, 0}
+end
+if ARGV[4] ~= '1' then return {'', 0} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('RPUSH', KEYS[2], ARGV[5])
+return {ARGV[1], 1}
 """
 
 # KEYS: <prefix>batch:{camera_id}:backlog
@@ -107,10 +139,11 @@ return {batch_id, #ids, 1}
 """
 
 # KEYS: current (or backlog), camera, detections, started_at, last_activity, analysis_queue,
-#       captured
+#       captured, episode_id
 # ARGV: batch id, now, window, idle, max size, force (1 = close regardless of timing)
 # Closes the batch if it is still the camera's current (or backlog) one and is due; pushes
-# the analysis_queue item and deletes the keys in the same atomic step. Returns 1 if closed.
+# the analysis_queue item (with the batch's episode_id, if it has one) and deletes the keys
+# in the same atomic step. Returns 1 if closed.
 CLOSE_SCRIPT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local started = tonumber(redis.call('GET', KEYS[4]) or '0')
@@ -122,10 +155,13 @@ local due = ARGV[6] == '1' or now - started >= tonumber(ARGV[3])
   or now - last >= tonumber(ARGV[4]) or #ids >= tonumber(ARGV[5])
 if not due then return 0 end
 local camera = redis.call('GET', KEYS[2])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[7])
+local episode = redis.call('GET', KEYS[8])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[7], KEYS[8])
 if #ids == 0 then return 0 end
+local tail = '}'
+if episode then tail = ',"episode_id":' .. cjson.encode(episode) .. '}' end
 redis.call('RPUSH', KEYS[6], '{"batch_id":' .. cjson.encode(ARGV[1]) .. ',"camera_id":'
-  .. cjson.encode(camera) .. ',"detection_ids":' .. raw .. '}')
+  .. cjson.encode(camera) .. ',"detection_ids":' .. raw .. tail)
 return 1
 """
 
@@ -159,6 +195,7 @@ class Batcher:
         self._add = redis.register_script(ADD_SCRIPT)
         self._add_backlog = redis.register_script(ADD_BACKLOG_SCRIPT)
         self._close = redis.register_script(CLOSE_SCRIPT)
+        self._episode = redis.register_script(EPISODE_SCRIPT)
 
     def is_backlog(self, captured_at: datetime | None, arrived_at: datetime | None) -> bool:
         """Taken so long before it arrived that it belongs to no live batch."""
@@ -166,27 +203,31 @@ class Batcher:
                 and (arrived_at - captured_at).total_seconds() >= self._config.backlog_seconds)
 
     async def add(self, camera_id: str, detections: Sequence[NewDetection], *,
-                  captured_at: datetime | None = None,
-                  arrived_at: datetime | None = None) -> str | None:
-        """File one image's detections: fast-path ones go straight to analysis as their own
-        batch, the rest join the camera's open batch, or its backlog batch when the image
-        was captured (`captured_at`) well before it arrived. Nothing to file opens no batch.
-        Returns the id of the batch the others joined, None when there were none."""
-        batched = []
-        for detection in detections:
-            if is_fast_path(self._config, detection.object_type, detection.confidence):
-                await self._push_fast_path(camera_id, detection)
-            else:
-                batched.append(detection.id)
-        if not batched:
+                  captured_at: datetime | None = None, arrived_at: datetime | None = None,
+                  fast_path: bool = True) -> str | None:
+        """File one image's detections. A fast-path detection with no episode open on the
+        camera opens one, and the whole image goes straight to analysis; otherwise they join
+        the camera's open batch (with its episode, if one is open), or its backlog batch
+        when the image was captured (`captured_at`) well before it arrived (a backlog is
+        never urgent and opens no episode). `fast_path=False` (detections batched again
+        long after) neither opens nor renews one. Nothing to file opens no batch. Returns
+        the id of the batch they joined, None when they went to the fast path or there
+        were none."""
+        if not detections:
             return None
+        ids = [detection.id for detection in detections]
         if captured_at is not None and self.is_backlog(captured_at, arrived_at):
-            return await self._file_backlog(camera_id, batched, captured_at)
+            return await self._file_backlog(camera_id, ids, captured_at)
+        episode = ""
+        if fast_path and self._config.fast_path_enabled:
+            episode, opened = await self._open_or_renew_episode(camera_id, detections)
+            if opened:
+                return None
         now = time.time()
         batch_id, size = await self._add(
             keys=[self._keyspace.batch_current(camera_id)],
             args=[str(uuid.uuid4()), camera_id, repr(now), constants.BATCH_KEY_TTL_SECONDS,
-                  json.dumps(batched), self._keyspace.batch_id_prefix],
+                  json.dumps(ids), self._keyspace.batch_id_prefix, episode],
         )
         batch_id = batch_id.decode() if isinstance(batch_id, bytes) else batch_id
         if size >= self._config.max_detections:
@@ -216,12 +257,30 @@ class Batcher:
             await self.close(camera_id, batch_id, force=True, backlog=True)
         return batch_id
 
-    async def _push_fast_path(self, camera_id: str, detection: NewDetection) -> None:
-        item = {"batch_id": str(uuid.uuid4()), "camera_id": camera_id,
-                "detection_ids": [detection.id]}
-        await self._redis.rpush(self._analysis_queue, json.dumps(item))
-        log.info("fast_path_batch", camera=camera_id, batch_id=item["batch_id"],
-                 object_type=detection.object_type, confidence=detection.confidence)
+    async def _open_or_renew_episode(self, camera_id: str,
+                                     detections: Sequence[NewDetection]) -> tuple[str, bool]:
+        """The camera's open episode id ('' for none) and whether these detections opened
+        it, in which case their analysis item is queued already (the episode id is its
+        batch id, so follow-ups find the fast-path event)."""
+        c = self._config
+        fast = [d for d in detections if is_fast_path(c, d.object_type, d.confidence)]
+        renew = any(d.object_type in c.fast_path_classes for d in detections)
+        episode_id = str(uuid.uuid4())
+        item = {"batch_id": episode_id, "camera_id": camera_id,
+                "detection_ids": [d.id for d in detections],
+                "episode_id": episode_id, "fast_path": True}
+        episode, opened = await self._episode(
+            keys=[self._keyspace.batch_episode(camera_id), self._analysis_queue],
+            args=[episode_id, max(1, round(c.idle_seconds * 1000)), int(renew), int(bool(fast)),
+                  json.dumps(item)],
+        )
+        episode = episode.decode() if isinstance(episode, bytes) else str(episode)
+        if opened:
+            log.info("episode_opened", camera=camera_id, episode_id=episode,
+                     detections=len(detections),
+                     object_types=sorted({d.object_type for d in fast}),
+                     confidence=max(d.confidence for d in fast))
+        return episode, bool(opened)
 
     async def close(self, camera_id: str, batch_id: str, force: bool = False,
                     backlog: bool = False) -> bool:
@@ -232,7 +291,8 @@ class Batcher:
         window = constants.BATCH_KEY_TTL_SECONDS if backlog else c.window_seconds
         closed = await self._close(
             keys=[*self._keyspace.batch(camera_id, batch_id, backlog), self._analysis_queue,
-                  self._keyspace.batch_captured(batch_id)],
+                  self._keyspace.batch_captured(batch_id),
+                  self._keyspace.batch_episode_id(batch_id)],
             args=[batch_id, repr(time.time()), window, c.idle_seconds,
                   c.max_detections, "1" if force else "0"],
         )

@@ -19,6 +19,12 @@ recorded and inserts nothing, but batches again those of its detections that no 
 its first run may have died before batching them. One already waiting in a batch is then
 batched twice, and the analyze worker keeps it out of the second event.
 
+Person and vehicle detections are recognised as entities (pipeline/entities.py) once
+every image of the inference batch is stored and batched: the crops of all of them are
+embedded in one model call, in a thread, and a failure costs only the entities. A job run
+twice stores nothing new, so recognises nothing again; a detection is linked to one entity
+at most (services/entities.py).
+
 A full state dir costs thumbnails, not detections: the rows are stored with
 thumbnail_path NULL until thumbnails can be written again (state_files.StateFileWriter).
 
@@ -51,6 +57,7 @@ from hsid.keyspace import Keyspace
 from hsid.pipeline.batcher import Batcher, NewDetection
 from hsid.pipeline.capture_time import Capture, CaptureClock, arrival_time
 from hsid.pipeline.detector import DecodedImage, Detector, ObjectDetection, decode
+from hsid.pipeline.entities import Candidate, EntityRecognizer
 from hsid.pipeline.orphans import covered_ids
 from hsid.pipeline.snapshots import (
     SNAPSHOTS_DIR,
@@ -63,6 +70,7 @@ from hsid.pipeline.snapshots import (
 from hsid.pipeline.state_files import StateFileWriter
 from hsid.pipeline.thumbnails import make_thumbnail, thumbnail_path
 from hsid.queues import Job, ReliableQueue, process_with_retries
+from hsid.runtime import honour_cancellation
 from hsid.services.scene import SceneMonitor
 
 log = structlog.get_logger(__name__)
@@ -116,6 +124,7 @@ class ImageTask:
     found: list[ObjectDetection] | None = None
     arrived_at: datetime | None = None  # the item's timestamp: when the watcher took it
     capture: Capture | None = None  # when the snapshot was taken, read from its bytes
+    stored: list[StoredDetection] | None = None  # its new rows, in `found`'s order
 
     @property
     def suspect(self) -> bool:
@@ -167,8 +176,10 @@ class DetectWorker:
 
     def __init__(self, config: Config, pool: asyncpg.Pool, redis: aioredis.Redis,
                  queue: ReliableQueue, detector: Detector, batcher: Batcher,
-                 stopping: asyncio.Event, *, keyspace: Keyspace) -> None:
+                 stopping: asyncio.Event, *, keyspace: Keyspace,
+                 entities: EntityRecognizer | None = None) -> None:
         self._config = config
+        self._entities = entities  # None: entities off
         self._events_channel = keyspace.channel(constants.SECURITY_EVENTS_CHANNEL)
         self._pool = pool
         self._redis = redis
@@ -187,6 +198,7 @@ class DetectWorker:
         upcoming = asyncio.create_task(self._take_and_decode())
         try:
             while True:
+                honour_cancellation()
                 tasks = await upcoming
                 if self._stopping.is_set() and not tasks:
                     break
@@ -269,6 +281,20 @@ class DetectWorker:
                 await process_with_retries(
                     self._queue, task.job, lambda _job, t=task: self._store(t),
                     self._config.queues)
+        await self._recognise(tasks)
+
+    async def _recognise(self, tasks: list[ImageTask]) -> None:
+        """Entities of the images' new person and vehicle detections, once all of them are
+        batched: best effort, it never raises (pipeline/entities.py)."""
+        if self._entities is None:
+            return
+        candidates = [
+            Candidate(row.id, task.camera_id, row.happened_at, found, task.image,
+                      task.upload.sha256 if task.upload else str(task.path))
+            for task in tasks if task.stored and task.image is not None
+            for row, found in zip(task.stored, task.found or [], strict=True)
+        ]
+        await self._entities.recognise(candidates)
 
     async def _store(self, task: ImageTask) -> None:
         if task.error is not None:
@@ -292,6 +318,7 @@ class DetectWorker:
             await self._announce(task, detected_at, stored)
             await self._batcher.add(task.camera_id, stored, captured_at=stored[0].captured_at,
                                     arrived_at=task.arrived_at)
+            task.stored = stored
         await self._watch_scene(task, detected_at)  # after batching: a person is never held up
 
     async def _reject(self, task: ImageTask, error: PermanentError) -> NoReturn:

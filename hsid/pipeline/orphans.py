@@ -84,7 +84,7 @@ async def rebatch_orphans(pool: asyncpg.Pool, batcher: Batcher, config: BatchCon
         for run in _runs(camera_rows, config):
             batch_id = await batcher.add(camera_id, [
                 NewDetection(row["id"], row["object_type"] or "", row["confidence"] or 0.0)
-                for row in run])
+                for row in run], fast_path=False)  # stranded, not live: no episode
             if batch_id is not None:
                 await batcher.close(camera_id, batch_id, force=True)
         log.info("orphans_rebatched", camera=camera_id, count=len(camera_rows))

@@ -29,6 +29,17 @@ ON CONFLICT (model, version) DO NOTHING
 SELECT_ACTIVE = """
 SELECT system_prompt, temperature, max_tokens FROM prompt_configs WHERE model = $1
 """
+SELECT_ACTIVE_VERSION = "SELECT version FROM prompt_configs WHERE model = $1"
+# Evaluation figures (scripts/eval_risk.py) merge into the version's config_json under
+# "evaluation", one entry per scorer, so a prompt change and what it did stay together.
+RECORD_EVALUATION = """
+UPDATE prompt_versions
+SET config_json = (config_json::jsonb || jsonb_build_object('evaluation',
+        coalesce(config_json::jsonb -> 'evaluation', '{}'::jsonb) || $3::text::jsonb))::text,
+    row_version = row_version + 1
+WHERE model = $1 AND version = $2
+RETURNING version
+"""
 
 
 async def seed_default_prompt(pool: asyncpg.Pool) -> None:
@@ -53,3 +64,14 @@ async def active_settings(pool: asyncpg.Pool) -> PromptSettings:
     if row is None:
         return default_settings()
     return PromptSettings(row["system_prompt"], row["temperature"], row["max_tokens"])
+
+
+async def record_evaluation(pool: asyncpg.Pool, figures: dict[str, dict]) -> int | None:
+    """Store evaluation figures ({scorer: figures}) on the active prompt version; returns
+    that version, or None when there is none. Idempotent per scorer: a re-run replaces it."""
+    async with pool.acquire() as conn, conn.transaction():
+        version = await conn.fetchval(SELECT_ACTIVE_VERSION, ANALYZER_PROMPT_MODEL)
+        if version is None:
+            return None
+        return await conn.fetchval(RECORD_EVALUATION, ANALYZER_PROMPT_MODEL, version,
+                                   json.dumps(figures))

@@ -14,6 +14,7 @@ from hsid.pipeline.assessment import (
     risk_level_for,
     time_of_day,
 )
+from hsid.services.entities import ENTITY_CLASSES
 
 # Points for the most worrying detection at full confidence; people matter most at a home.
 CLASS_WEIGHTS: dict[str, int] = {
@@ -28,6 +29,13 @@ NIGHT_FACTOR = 1.5  # a person at the door at 02:00 is a different matter than a
 # people, and one person crossing the yard shows up in several snapshots.
 COUNT_BONUS = 5
 COUNT_BONUS_CAP = 15
+# Known entities (services/entity_context.py). One the household marked untrusted is back;
+# an unknown one has been going from camera to camera today (front, side, back door);
+# everyone in the batch is trusted (the family, the neighbour's car).
+UNTRUSTED_BONUS = 25
+ROAMING_BONUS = 10  # per further camera the unknown entity was seen on today
+ROAMING_BONUS_CAP = 20
+TRUSTED_FACTOR = 0.25
 
 
 def fallback_assessment(ctx: BatchContext, reason: str, config: AnalyzerConfig) -> RiskAssessment:
@@ -50,7 +58,29 @@ def fallback_assessment(ctx: BatchContext, reason: str, config: AnalyzerConfig) 
         bonus = min(COUNT_BONUS * (significant - 1), COUNT_BONUS_CAP)
         points += bonus
         why.append(f"{significant} people or vehicles in the batch added {bonus}.")
+    points = _entities(ctx, points, why)
     return _assessment(round(min(points, 100)), ctx, night, reason, " ".join(why), config)
+
+
+def _entities(ctx: BatchContext, points: float, why: list[str]) -> float:
+    """Raise the score for untrusted and roaming unknown entities, lower it when every
+    person and vehicle is trusted; the reasons go to `why`."""
+    untrusted = [e for e in ctx.entities if e.trust_status == "untrusted"]
+    if untrusted:
+        points += UNTRUSTED_BONUS
+        kinds = " and ".join(sorted({e.entity_type for e in untrusted}))
+        why.append(f"A {kinds} marked untrusted is back: +{UNTRUSTED_BONUS}.")
+    unknown = [e for e in ctx.entities if e.trust_status == "unknown"]
+    roaming = max((len(e.cameras_today) for e in unknown), default=0)
+    if roaming > 1:
+        bonus = min(ROAMING_BONUS * (roaming - 1), ROAMING_BONUS_CAP)
+        points += bonus
+        why.append(f"An unknown entity was seen on {roaming} cameras today: +{bonus}.")
+    watched = [d for d in ctx.detections if d.object_type in ENTITY_CLASSES]
+    if watched and all(d.trust_status == "trusted" for d in watched):
+        points *= TRUSTED_FACTOR
+        why.append(f"Every person and vehicle is a trusted entity: x{TRUSTED_FACTOR:g}.")
+    return points
 
 
 def _class_weight(object_type: str) -> int:

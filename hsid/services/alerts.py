@@ -7,7 +7,10 @@ analysis job (the event already stored) raises nothing twice.
 Matching is the AND of every condition a rule sets. The detection conditions (object_types,
 min_confidence, zone_ids) must all hold for one and the same detection: "a person, at least
 80 % sure, in the porch zone" is what a rule with those three means. camera_ids and zone_ids
-left empty mean any. `conditions` (legacy) is stored but not evaluated.
+left empty mean any. `conditions` (legacy) is stored but not evaluated. A rule with
+skip_trusted_entities (hsid's extension, on by default) passes over an event whose every
+person and vehicle was recognised as a trusted entity (services/entities.py): the
+neighbour's car, marked trusted, raises nothing; a stranger beside it still does.
 
 An event raises at most one alert: of the matching rules not in cooldown, the highest
 severity wins (ties: rule name) and gives the alert its rule, severity and dedup key; the
@@ -15,6 +18,12 @@ alert goes to the channels of every such rule, so no one who asked to hear of it
 A rule is in cooldown while an alert with its dedup key is younger than its cooldown_seconds;
 the key is taken under a transaction-scoped advisory lock, so two workers analysing the same
 camera at once can't both pass the check.
+
+Episodes (pipeline/batcher.py): the fast-path event of a person walking past and its
+follow-ups carry one episode id (kept in the alert's metadata). Within an episode a rule's
+dedup key alerts once: a follow-up passes only if its risk level is higher than every alert
+of that key in the episode so far, and then whatever the cooldown, since an escalation is
+news, not a repeat.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import structlog
 
 from hsid.config import AlertsConfig
 from hsid.services.channels import alert_data
+from hsid.services.entities import ENTITY_CLASSES
 
 log = structlog.get_logger(__name__)
 
@@ -40,10 +50,17 @@ DEDUP_KEY_MAX = 255  # alerts.dedup_key is varchar(255)
 
 SELECT_ENABLED_RULES = """
 SELECT id, name, severity, risk_threshold, object_types, camera_ids, zone_ids, min_confidence,
-       schedule, dedup_key_template, cooldown_seconds, channels
+       schedule, dedup_key_template, cooldown_seconds, channels, skip_trusted_entities
 FROM alert_rules WHERE enabled ORDER BY name, id
 """
 LOCK_DEDUP_KEY = "SELECT pg_advisory_xact_lock(hashtext($1))"
+# The risk levels alerted under a dedup key in one episode; episodes last minutes, the day's
+# bound keeps the scan on idx_alerts_dedup_key_created_at.
+EPISODE_ALERT_LEVELS = """
+SELECT metadata->>'risk_level' FROM alerts
+WHERE dedup_key = $1 AND created_at > clock_timestamp() - interval '1 day'
+  AND metadata->>'episode_id' = $2
+"""
 IN_COOLDOWN = """
 SELECT EXISTS (SELECT 1 FROM alerts
                WHERE dedup_key = $1 AND created_at > clock_timestamp() - make_interval(secs => $2))
@@ -63,6 +80,7 @@ class DetectionFacts:
     confidence: float
     zone_ids: frozenset[str]
     zone_names: tuple[str, ...]
+    trust_status: str | None = None  # of the entity it was recognised as; None: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +95,7 @@ class EventFacts:
     summary: str
     started_at: datetime  # timezone-aware
     detections: Sequence[DetectionFacts]
+    episode_id: str | None = None  # the fast path and follow-ups of one person walking past
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +161,9 @@ def match_rule(rule: Mapping[str, Any], event: EventFacts,
     schedules without a timezone are read in `site_zone`."""
     if rule["camera_ids"] and event.camera_id not in rule["camera_ids"]:
         return None
+    if rule.get("skip_trusted_entities", True) and only_trusted_entities(event):
+        log.info("alert_rule_skipped_trusted", rule=rule["name"], event_id=event.event_id)
+        return None
     if rule["risk_threshold"] is not None and event.risk_score < rule["risk_threshold"]:
         return None
     schedule = rule["schedule"]
@@ -169,6 +191,14 @@ async def raise_alert(conn: asyncpg.Connection, event: EventFacts, config: Alert
     live = []
     for match in sorted(matches, key=lambda m: m.dedup_key):  # one lock order: no deadlock
         await conn.execute(LOCK_DEDUP_KEY, match.dedup_key)
+        if event.episode_id is not None and (
+                prior := await _episode_rank(conn, match.dedup_key, event.episode_id)) is not None:
+            if SEVERITY_RANK.get(event.risk_level, 0) > prior:
+                live.append(match)  # the episode escalated
+            else:
+                log.info("alert_in_episode", rule=match.rule["name"], dedup_key=match.dedup_key,
+                         episode_id=event.episode_id)
+            continue
         if await conn.fetchval(IN_COOLDOWN, match.dedup_key, match.rule["cooldown_seconds"]):
             log.info("alert_in_cooldown", rule=match.rule["name"], dedup_key=match.dedup_key)
         else:
@@ -185,6 +215,18 @@ async def raise_alert(conn: asyncpg.Connection, event: EventFacts, config: Alert
     log.info("alert_raised", alert_id=str(row["id"]), rule=winner.rule["name"],
              severity=winner.rule["severity"], channels=channels)
     return alert_data(row)
+
+
+async def _episode_rank(conn: asyncpg.Connection, dedup_key: str, episode_id: str) -> int | None:
+    """The highest risk level alerted under `dedup_key` in the episode; None for none."""
+    levels = [row[0] for row in await conn.fetch(EPISODE_ALERT_LEVELS, dedup_key, episode_id)]
+    return max((SEVERITY_RANK.get(level, 0) for level in levels), default=None)
+
+
+def only_trusted_entities(event: EventFacts) -> bool:
+    """Whether the event has people or vehicles and every one is a trusted entity."""
+    watched = [d for d in event.detections if d.object_type in ENTITY_CLASSES]
+    return bool(watched) and all(d.trust_status == "trusted" for d in watched)
 
 
 def _detection_matches(rule: Mapping[str, Any], detection: DetectionFacts) -> bool:
@@ -235,6 +277,7 @@ def _metadata(event: EventFacts, live: list[RuleMatch]) -> dict[str, Any]:
                            "severity": m.rule["severity"]} for m in live],
         "object_types": list(object_types),
         "zones": list(zones),
+        **({"episode_id": event.episode_id} if event.episode_id else {}),
     }
 
 

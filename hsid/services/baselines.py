@@ -25,7 +25,6 @@ backlog uploaded after that) are not counted into it afterwards.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 
@@ -36,6 +35,7 @@ import structlog
 from hsid.config import BaselinesConfig, SiteConfig, site_zone
 from hsid.errors import STORE_ERRORS
 from hsid.keyspace import Keyspace
+from hsid.runtime import pause
 from hsid.services.locks import singleton_lock
 
 log = structlog.get_logger(__name__)
@@ -224,6 +224,5 @@ class BaselineService:
                         log.info("baselines_updated", camera_hours=taken)
             except STORE_ERRORS as err:
                 log.warning("baselines_not_updated", error=str(err) or type(err).__name__)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), CHECK_SECONDS)
+            await pause(self._stopping, CHECK_SECONDS)
 

@@ -29,6 +29,7 @@ from hsid.db import create_pool
 from hsid.errors import STORE_ERRORS
 from hsid.keyspace import Keyspace
 from hsid.pipeline.snapshots import SNAPSHOTS_DIR
+from hsid.runtime import pause
 from hsid.services.locks import singleton_lock
 
 log = structlog.get_logger(__name__)
@@ -360,8 +361,7 @@ class CleanupService:
     async def _sleep_until(self, due: float) -> bool:
         """Wait for the wall-clock moment `due`; True when stopping was requested first."""
         while (left := due - clock.time()) > 0 and not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), min(left, SCHEDULE_CHECK_SECONDS))
+            await pause(self._stopping, min(left, SCHEDULE_CHECK_SECONDS))
         return self._stopping.is_set()
 
 

@@ -28,6 +28,7 @@ import structlog
 
 from hsid import metrics
 from hsid.config import LoggingConfig
+from hsid.runtime import pause
 
 log = structlog.get_logger(__name__)
 
@@ -124,8 +125,7 @@ class DatabaseLogHandler(logging.Handler):
         self._loop, self._wakeup = asyncio.get_running_loop(), asyncio.Event()
         try:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), FLUSH_INTERVAL_SECONDS)
+                await pause(self._wakeup, FLUSH_INTERVAL_SECONDS)
                 self._wakeup.clear()
                 if not await self.drain(pool_getter()):
                     await asyncio.sleep(RETRY_SECONDS)

@@ -16,6 +16,7 @@ from prometheus_client import Gauge
 from hsid import metrics
 from hsid.config import GpuConfig
 from hsid.errors import STORE_ERRORS
+from hsid.runtime import pause
 from hsid.services.health import Health
 
 log = structlog.get_logger(__name__)
@@ -149,9 +150,7 @@ class GpuMonitor:
             log.info("gpu_monitoring_on", gpu=sample.gpu_name, every_s=self._config.poll_seconds)
             while True:
                 await self._record(sample)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self._config.poll_seconds)
-                if self._stopping.is_set():
+                if await pause(self._stopping, self._config.poll_seconds):
                     return
                 sample = await asyncio.to_thread(self._sample)
         finally:

@@ -62,7 +62,8 @@ async def probe_database(pool: asyncpg.Pool | None) -> dict[str, Any]:
     if pool is None:
         return {"status": "down", "error": "not connected yet"}
     try:
-        await asyncio.wait_for(pool.fetchval("SELECT 1"), PROBE_TIMEOUT_SECONDS)
+        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):  # not wait_for: see runtime.pause
+            await pool.fetchval("SELECT 1")
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
         return {"status": "down", "error": str(err) or type(err).__name__}
     return {"status": "up"}
@@ -72,7 +73,8 @@ async def probe_redis(client: aioredis.Redis | None) -> dict[str, Any]:
     if client is None:
         return {"status": "down", "error": "not connected yet"}
     try:
-        await asyncio.wait_for(client.ping(), PROBE_TIMEOUT_SECONDS)
+        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+            await client.ping()
     except (OSError, aioredis.RedisError, TimeoutError) as err:
         return {"status": "down", "error": str(err) or type(err).__name__}
     return {"status": "up"}

@@ -1,4 +1,5 @@
-"""Alert notifier: delivers pending alerts to their channels (log, webhook, MQTT), with retries.
+"""Alert notifier: delivers pending alerts to their channels (log, webhook, MQTT, Apprise),
+with retries.
 
 Delivery state lives in alerts.metadata, as the data model has no columns for it: "delivery"
 holds one entry per channel; "delivery_final" and "next_attempt_at" sit at the top level so the
@@ -11,16 +12,18 @@ it in a Redis outage (and another took over) stops delivering within a lease.
 Retries are decided in one place (`_attempt`), by exception type: a TransientError (timeout,
 connection error, HTTP 408/429/5xx, broker down) or anything unexpected retries after
 retry_base_seconds * 2**(attempts-1) until max_attempts; a PermanentError (other HTTP status,
-unset URL, unknown channel) fails the channel at once. A delivered channel is never sent again.
+unset URL, unknown channel) fails the channel at once. A delivered channel is never sent again;
+nor is an Apprise URL that took the alert while another failed (its key is in the channel's
+"sent_to").
 Delivery is at least once: a crash between sending and writing back sends that channel again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time as clock
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,6 +36,7 @@ from hsid import metrics
 from hsid.config import ALERT_CHANNELS, AlertsConfig
 from hsid.errors import STORE_ERRORS, PermanentError, TransientError
 from hsid.keyspace import Keyspace
+from hsid.runtime import pause
 from hsid.services.channels import AlertChannels, alert_data
 from hsid.services.locks import singleton_lock
 
@@ -116,8 +120,12 @@ class Notifier:
     process holds lock:notify; `run` returns once `stopping` is set."""
 
     def __init__(self, config: AlertsConfig, pool: asyncpg.Pool, redis: aioredis.Redis,
-                 stopping: asyncio.Event, *, keyspace: Keyspace) -> None:
+                 stopping: asyncio.Event, *, keyspace: Keyspace,
+                 channels: Callable[[], AlertChannels] | None = None) -> None:
+        """`channels` makes the channels with what they need beyond [alerts] (pictures,
+        links, the site's zone, a shared MQTT connection); default: [alerts] alone."""
         self._config = config
+        self._make_channels = channels or (lambda: AlertChannels(config))
         self._pool = pool
         self._redis = redis
         self._keyspace = keyspace
@@ -128,7 +136,7 @@ class Notifier:
         self._store_failing = False
 
     async def run(self) -> None:
-        async with AlertChannels(self._config) as self._channels:
+        async with self._make_channels() as self._channels:
             while not self._stopping.is_set():
                 try:
                     async with singleton_lock(self._redis, self._keyspace, NOTIFY_DUTY) as held:
@@ -183,12 +191,14 @@ class Notifier:
 
     async def _attempt(self, alert: _Alert, channel: str) -> dict[str, Any]:
         """Send one channel once; its new delivery entry. The only place retries are decided."""
-        attempts = int((alert.delivery.get(channel) or {}).get("attempts") or 0) + 1
+        previous = alert.delivery.get(channel) or {}
+        attempts = int(previous.get("attempts") or 0) + 1
+        sent = [str(key) for key in previous.get("sent_to") or []]  # Apprise URLs done
         error, retry = None, False
         async with self._slots:
             try:
                 assert self._channels is not None, "run() opens the channels"
-                await self._channels.send(channel, alert.data)
+                await self._channels.send(channel, alert.data, sent)
             except PermanentError as err:
                 error = str(err)
             except TransientError as err:
@@ -199,6 +209,8 @@ class Notifier:
         now = datetime.now(UTC)
         entry: dict[str, Any] = {"state": "delivered", "attempts": attempts, "last_error": error,
                                  "delivered_at": None, "next_attempt_at": None}
+        if sent:
+            entry["sent_to"] = sent
         if error is None:
             entry["delivered_at"] = now.isoformat()
         elif retry and attempts < self._config.max_attempts:
@@ -224,9 +236,7 @@ class Notifier:
 
     async def _wait(self, seconds: float) -> bool:
         """Sleep `seconds` or until stopping is set; True when stopping."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-        return self._stopping.is_set()
+        return await pause(self._stopping, seconds)
 
     def _note_store(self, err: BaseException | None) -> None:
         """One warning per store outage (None: the stores answered), not one per poll."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from datetime import UTC, datetime
@@ -15,7 +14,7 @@ import structlog
 from hsid.constants import SYSTEM_STATUS_CHANNEL
 from hsid.keyspace import Keyspace
 from hsid.queues import dlq_counts, queue_depths
-from hsid.runtime import Runtime
+from hsid.runtime import Runtime, pause
 from hsid.services.health import health_report
 
 log = structlog.get_logger(__name__)
@@ -45,8 +44,8 @@ async def queue_figures(
 async def build_status(runtime: Runtime) -> dict[str, Any]:
     """The `data` of a system_status message: the health report's keys (`health` holds its
     healthy/unhealthy verdict), queue depths, DLQ counts, the detector's execution
-    provider and the latest GPU figures (None when absent), uptime, and an ISO UTC
-    timestamp. Never raises for an unreachable store; the report says it is down."""
+    provider and its images per second, the latest GPU figures (None when absent), uptime,
+    and an ISO UTC timestamp. Never raises for an unreachable store; the report says it is down."""
     (_, report), (depths, dlq) = await asyncio.gather(
         health_report(runtime.health, runtime.pool, runtime.redis),
         queue_figures(runtime.redis, runtime.keyspace),
@@ -59,6 +58,9 @@ async def build_status(runtime: Runtime) -> dict[str, Any]:
         "queues": depths,
         "dlq": dlq,
         "detector": runtime.health.info.get("detector"),
+        # None in a process that does not detect (--stages without detect)
+        "inference_fps": None if runtime.detector is None
+        else round(runtime.detector.inference_fps, 2),
         "gpu": gpu if isinstance(gpu, dict) else None,
         "uptime_seconds": round(time.time() - runtime.started_at),
         "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
@@ -78,9 +80,7 @@ class StatusPublisher:
         stopping = self._runtime.stopping
         while not stopping.is_set():
             await self.publish()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(),
-                                       self._runtime.config.gpu.status_interval_seconds)
+            await pause(stopping, self._runtime.config.gpu.status_interval_seconds)
 
     async def publish(self) -> int:
         """Publish one snapshot; returns how many subscribers received it (0 on failure)."""

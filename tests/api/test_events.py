@@ -121,6 +121,19 @@ async def test_bulk_review(api_client: TestClient, events: list[int],
     assert empty.status == 422
 
 
+async def test_bulk_review_with_a_note_sets_it_and_without_keeps_them(
+    api_client: TestClient, events: list[int], db: asyncpg.Pool
+) -> None:
+    response = await api_client.post("/api/events/review", json={
+        "ids": [events[1], events[3]], "notes": "the postman, twice"})
+    assert (await response.json())["updated"] == [events[1], events[3]]
+    await api_client.post("/api/events/review", json={"ids": [events[1]], "reviewed": False})
+    rows = await db.fetch("SELECT id, reviewed, notes FROM events WHERE id = any($1::int[]) "
+                          "ORDER BY id", [events[1], events[3]])
+    assert [tuple(r) for r in rows] == [(events[1], False, "the postman, twice"),
+                                        (events[3], True, "the postman, twice")]
+
+
 async def test_totals_past_the_exact_limit_are_estimates(
     api_client: TestClient, db: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:

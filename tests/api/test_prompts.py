@@ -83,3 +83,20 @@ async def test_prompt_bodies_are_validated(api_client: TestClient) -> None:
     assert missing.status == 422
     unknown = await api_client.get("/api/prompts/gpt/versions")
     assert unknown.status == 400
+
+
+async def test_a_measured_version_rolls_back_without_its_figures(
+    api_client: TestClient, db: asyncpg.Pool,
+) -> None:
+    from hsid.pipeline.prompts import record_evaluation
+
+    await put(api_client, "Measured text.", 0)
+    assert await record_evaluation(db, {"nemo.gguf": {"exact": 0.7}}) == 1
+    await put(api_client, "Unmeasured edit.", 1)
+    versions = await (await api_client.get(f"{URL}/versions")).json()
+    assert versions["items"][1]["config"]["evaluation"] == {"nemo.gguf": {"exact": 0.7}}
+    restored = await (await api_client.post(f"{URL}/rollback/1")).json()
+    assert restored["system_prompt"] == "Measured text." and restored["version"] == 3
+    config = json.loads(await db.fetchval(
+        "SELECT config_json FROM prompt_versions WHERE version = 3"))
+    assert "evaluation" not in config

@@ -42,3 +42,25 @@ async def test_health_is_cheap_and_open(api_client: TestClient) -> None:
     assert response.status == 200
     body = await response.json()
     assert body["database"]["status"] == "up" and body["redis"]["status"] == "up"
+
+
+async def test_calibration_reports_dismissals_per_camera_and_level(
+    api_client: TestClient, db: asyncpg.Pool,
+) -> None:
+    await seed.camera(db)
+    for i in range(6):  # high events on the front door: five dismissed, one confirmed
+        event = await seed.event(db, risk_score=70, risk_level="high", reviewed=True)
+        await seed.alert(db, event, status="dismissed" if i else "acknowledged")
+    await seed.event(db, risk_score=10, risk_level="low")  # no feedback
+    response = await api_client.get("/api/system/calibration?days=7")
+    assert response.status == 200
+    report = await response.json()
+    assert report["days"] == 7 and report["thresholds"]["risk_high"] == 60
+    rows = {row["risk_level"]: row for row in report["cameras"]}
+    assert rows["high"]["events"] == 6 and rows["high"]["dismissed"] == 5
+    assert rows["high"]["confirmed"] == 1 and rows["high"]["dismissal_rate"] == round(5 / 6, 3)
+    assert rows["low"]["feedback"] == 0 and rows["low"]["dismissal_rate"] is None
+    [suggestion] = report["suggestions"]
+    assert "risk_high from 60 to 65" in suggestion
+    bad = await api_client.get("/api/system/calibration?days=0")
+    assert bad.status == 400

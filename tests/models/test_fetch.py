@@ -357,8 +357,10 @@ async def test_fetch_models_rejects_unknown_names(
 def test_shipped_manifest_is_valid() -> None:
     entries = load_manifest(SHIPPED_MANIFEST)
 
-    assert {e.role for e in entries} == {"detector", "analyzer"}
+    assert {e.role for e in entries} == {"detector", "analyzer", "embedder", "vehicle_embedder"}
     assert any(e.role == "analyzer" and e.sha256 and e.size for e in entries)
+    # Re-identification: OSNet for people, a CLIP image encoder for vehicles, each checksummed.
+    assert all(e.sha256 for e in entries if e.role in ("embedder", "vehicle_embedder"))
 
 
 def test_shipped_hugging_face_urls_are_pinned_to_a_revision() -> None:

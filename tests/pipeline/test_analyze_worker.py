@@ -271,7 +271,7 @@ async def test_a_server_in_utc_sees_the_houses_afternoon_as_afternoon(
     assert await db.fetchval("SELECT count(*) FROM alerts") == 0  # the night rule stays quiet
     rows = await db.fetch("SELECT * FROM detections")
     context = await batch_context(db, house, CAMERA, rows)
-    assert "Local time: Tuesday 2026-11-24 15:30 (afternoon)" in build_prompt(context)
+    assert "It is daytime: Tuesday 15:30, afternoon (2026-11-24)." in build_prompt(context)
     # Left to the server's zone, the same moment is 23:30: night.
     server = await batch_context(db, config, CAMERA, rows)
     assert (server.local_time.hour, time_of_day(server.local_time)) == (23, "night")

@@ -293,7 +293,7 @@ def test_prompt_describes_camera_time_detections_and_context() -> None:
     prompt = build_prompt(batch(person(zones=["porch", "driveway"]), cat(),
                                 extra=["Usual activity at this hour: none."]))
     assert "Camera: Front Door" in prompt
-    assert "Tuesday 2024-06-11 02:14 (night)" in prompt
+    assert prompt.startswith("It is night: Tuesday 02:14 (2024-06-11).")
     assert "1 person, 1 cat" in prompt
     assert "person, confidence 0.93, bottom left of the frame, 5% of the frame" in prompt
     assert "zones: porch, driveway" in prompt

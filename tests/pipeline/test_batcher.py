@@ -85,16 +85,61 @@ async def test_batch_closes_at_max_size_and_the_next_detection_opens_a_new_one(
     assert json.loads(await redis.get(keyspace.prefix + f"batch:{batch_id}:detections")) == [4]
 
 
-async def test_fast_path_detection_is_analysed_alone_and_at_once(
+async def test_a_fast_path_snapshot_opens_an_episode_analysed_at_once_with_all_its_detections(
     redis: aioredis.Redis, keyspace: Keyspace,
 ) -> None:
     batcher = Batcher(BatchConfig(), redis, keyspace)
-    await batcher.add("porch", [det(1, "person", 0.95), det(2, CAR, 0.6), det(3, "person", 0.5)])
+    assert await batcher.add(
+        "porch", [det(1, "person", 0.95), det(2, CAR, 0.6), det(3, "person", 0.5)]) is None
     [item] = await analysis_items(redis, keyspace)
-    assert item["detection_ids"] == [1]
-    batch_id = (await redis.get(keyspace.prefix + "batch:porch:current")).decode()
-    assert json.loads(await redis.get(keyspace.prefix + f"batch:{batch_id}:detections")) == [2, 3]
-    assert item["batch_id"] != batch_id
+    assert item["detection_ids"] == [1, 2, 3]  # the whole snapshot: "2 persons and a car"
+    assert item["fast_path"] is True
+    episode = (await redis.get(keyspace.batch_episode("porch"))).decode()
+    assert item["batch_id"] == item["episode_id"] == episode
+    assert 29_000 < await redis.pttl(keyspace.batch_episode("porch")) <= 30_000
+    assert await redis.get(keyspace.batch_current("porch")) is None
+
+
+async def test_detections_during_an_episode_join_the_batch_which_carries_the_episode(
+    redis: aioredis.Redis, keyspace: Keyspace,
+) -> None:
+    batcher = Batcher(BatchConfig(window_seconds=60, idle_seconds=0.3), redis, keyspace)
+    await batcher.add("porch", [det(1, "person", 0.95)])
+    for id_ in (2, 3, 4):  # still there, a high-confidence person each time
+        await asyncio.sleep(0.1)
+        batch_id = await batcher.add("porch", [det(id_, "person", 0.97)])
+    assert len(await analysis_items(redis, keyspace)) == 1  # only the fast path so far
+    await asyncio.sleep(0.35)  # idle: the batch closes and the episode ends
+    assert await batcher.sweep() == 1
+    fast, follow_up = await analysis_items(redis, keyspace)
+    assert follow_up == {"batch_id": batch_id, "camera_id": "porch", "detection_ids": [2, 3, 4],
+                         "episode_id": fast["episode_id"]}
+    assert await redis.keys(keyspace.prefix + "batch:*") == []
+    await batcher.add("porch", [det(5, "person", 0.95)])  # someone new: a new episode
+    *_, again = await analysis_items(redis, keyspace)
+    assert again["fast_path"] is True and again["episode_id"] != fast["episode_id"]
+
+
+async def test_only_a_fast_path_class_keeps_an_episode_open(
+    redis: aioredis.Redis, keyspace: Keyspace,
+) -> None:
+    batcher = Batcher(BatchConfig(idle_seconds=0.3), redis, keyspace)
+    await batcher.add("drive", [det(1, "person", 0.95)])
+    for id_ in (2, 3, 4):  # the parked car, seen in every snapshot
+        await asyncio.sleep(0.12)
+        await batcher.add("drive", [det(id_)])
+    assert await redis.get(keyspace.batch_episode("drive")) is None
+
+
+async def test_racing_workers_open_one_episode(redis: aioredis.Redis, keyspace: Keyspace) -> None:
+    config = BatchConfig()
+    batchers = [Batcher(config, redis, keyspace) for _ in range(5)]
+    await asyncio.gather(*(b.add("porch", [det(n, "person", 0.95)])
+                           for n, b in enumerate(batchers)))
+    [fast] = await analysis_items(redis, keyspace)
+    batch_id = (await redis.get(keyspace.batch_current("porch"))).decode()
+    joined = json.loads(await redis.get(keyspace.batch("porch", batch_id)[2]))
+    assert sorted(fast["detection_ids"] + joined) == list(range(5))
 
 
 async def test_fast_path_can_be_switched_off(redis: aioredis.Redis, keyspace: Keyspace) -> None:
@@ -102,6 +147,7 @@ async def test_fast_path_can_be_switched_off(redis: aioredis.Redis, keyspace: Ke
     await batcher.add("porch", [det(1, "person", 0.99)])
     assert await analysis_items(redis, keyspace) == []
     assert await redis.get(keyspace.prefix + "batch:porch:current") is not None
+    assert await redis.get(keyspace.batch_episode("porch")) is None
 
 
 async def test_nothing_detected_opens_no_batch(redis: aioredis.Redis, keyspace: Keyspace) -> None:

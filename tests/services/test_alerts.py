@@ -7,6 +7,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,25 @@ async def test_a_rule_in_cooldown_stays_quiet_and_others_still_speak(
     assert again is not None and rule_of.get(again) is None
     assert str(await db.fetchval("SELECT rule_id FROM alerts WHERE id = $1",
                                  uuid.UUID(again))) == loud
+
+
+async def test_a_rule_alerts_once_per_episode_unless_a_follow_up_is_riskier(
+    db: asyncpg.Pool, stored_events: list[int],
+) -> None:
+    await _insert_rule(db, "door", "high", cooldown_seconds=0)  # no cooldown: the episode rules
+    fast, same, riskier = stored_events[:3]
+    episode = "e-1"
+    first = await _raise(db, replace(_event(score=40, event_id=fast), episode_id=episode))
+    assert first is not None
+    assert await _raise(db, replace(_event(score=45, event_id=same), episode_id=episode)) is None
+    escalated = await _raise(db, replace(_event(score=70, event_id=riskier), episode_id=episode))
+    assert escalated is not None  # medium, then high: news, not a repeat
+    assert await _raise(db, replace(_event(score=75, event_id=riskier), episode_id=episode)) is None
+    # Another episode (someone else, later) alerts again.
+    assert await _raise(db, replace(_event(score=40, event_id=same), episode_id="e-2")) is not None
+    episodes = [row[0] for row in await db.fetch(
+        "SELECT metadata->>'episode_id' FROM alerts ORDER BY created_at")]
+    assert episodes == ["e-1", "e-1", "e-2"]
 
 
 async def test_two_workers_racing_on_one_dedup_key_raise_one_alert(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import aiomqtt
 import pytest
@@ -16,6 +18,7 @@ import pytest
 from hsid.alerts_cli import TEST_CAMERA, alerts_command
 from hsid.config import AlertsConfig
 from hsid.errors import InvalidInput
+from tests.imaging.pictures import decoded
 from tests.services.receivers import MQTT_HOST, MQTT_PORT, Receiver, needs_broker
 
 
@@ -72,3 +75,33 @@ def test_the_command_line_exits_non_zero_when_a_channel_fails() -> None:
     assert done.returncode == 1, done.stderr
     assert done.stdout.splitlines()[0] == "log: delivered"
     assert done.stdout.splitlines()[1].startswith("webhook: FAILED: webhook unreachable")
+
+
+async def test_apprise_test_alert_sends_a_test_picture(receiver: Receiver) -> None:
+    config = AlertsConfig(apprise_urls=(receiver.url.replace("http://", "json://", 1),),
+                          image_width=640)
+
+    assert await _run(config) == (0, ["log: delivered", "apprise: delivered"])
+
+    body = json.loads(receiver.requests[0].body)
+    assert body["title"] == "hsid test: low risk, person"
+    assert body["message"].startswith("Test alert from hsid: this channel works.")
+    [attachment] = body["attachments"]
+    assert decoded(base64.b64decode(attachment["base64"])).shape == (360, 640, 3)
+
+
+def test_the_command_line_tests_apprise_and_mqtt_through_the_mqtt_section(
+    tmp_path: Path,
+) -> None:
+    """`hsid alerts test` with only [mqtt] url set: the mqtt channel uses that broker; a bad
+    Apprise URL is reported without its secret."""
+    env = {**os.environ, "HSID_MQTT__URL": "mqtt://127.0.0.1:9",
+           "HSID_ALERTS__APPRISE_URLS": "nosuch://very-secret-token"}
+    done = subprocess.run([sys.executable, "-m", "hsid", "alerts", "test"], env=env,
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[1].startswith("mqtt: FAILED: MQTT broker 127.0.0.1")
+    assert lines[2] == ("apprise: FAILED: alerts.apprise_urls[0] (nosuch://***) is not a URL "
+                        "Apprise knows")
+    assert "very-secret-token" not in done.stdout + done.stderr

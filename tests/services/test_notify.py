@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import hashlib
 import hmac
@@ -23,10 +24,14 @@ from structlog.testing import capture_logs
 
 from hsid import metrics
 from hsid.config import Config
+from hsid.imaging.annotate import CLASS_COLOURS
+from hsid.imaging.evidence import Evidence
 from hsid.keyspace import Keyspace
+from hsid.services.channels import AlertChannels
 from hsid.services.notify import SELECT_DUE_ALERTS, Notifier
 from tests import seed
 from tests.conftest import free_port
+from tests.imaging.pictures import decoded, detections_of_one_image, grey_jpeg, near
 from tests.services.receivers import MQTT_HOST, MQTT_PORT, Receiver, Request, needs_broker
 from tests.support import eventually
 
@@ -95,10 +100,15 @@ async def start_notifier(db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keys
     stopping = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
 
-    def start(pool: asyncpg.Pool = db, client: aioredis.Redis = redis,
-              **overrides: Any) -> asyncio.Task[None]:
+    def start(pool: asyncpg.Pool = db, client: aioredis.Redis = redis, *,
+              public_url: str | None = None, **overrides: Any) -> asyncio.Task[None]:
+        """With public_url (even ""), the channels find pictures, as the daemon's do."""
         section = config.with_overrides({"alerts": {**FAST, **overrides}}).alerts
-        notifier = Notifier(section, pool, client, stopping, keyspace=keyspace)
+        channels = None if public_url is None else (lambda: AlertChannels(
+            section, evidence=Evidence(pool, config.paths, config.detector.max_pixels),
+            public_url=public_url, zone=UTC))
+        notifier = Notifier(section, pool, client, stopping, keyspace=keyspace,
+                            channels=channels)
         tasks.append(asyncio.create_task(notifier.run()))
         return tasks[-1]
 
@@ -123,7 +133,9 @@ async def test_webhook_gets_the_signed_payload_and_the_alert_is_delivered(
         "camera_id": meta["camera_id"], "camera_name": meta["camera_name"],
         "risk_score": meta["risk_score"], "risk_level": meta["risk_level"],
         "summary": meta["summary"], "started_at": meta["started_at"],
-        "created_at": row["created_at"].isoformat(), "dedup_key": row["dedup_key"]}}
+        "created_at": row["created_at"].isoformat(), "dedup_key": row["dedup_key"],
+        # without [api] public_url a path; without pictures to look in, no thumbnail
+        "snapshot_url": f"/api/events/{row['event_id']}/snapshot", "thumbnail_url": None}}
     expected = hmac.new(HMAC_KEY.encode(), request.body, hashlib.sha256).hexdigest()
     assert hmac.compare_digest(request.headers["X-Hsid-Signature"], f"sha256={expected}")
     assert request.headers["Content-Type"] == "application/json"
@@ -368,3 +380,85 @@ async def _delivered_after(alerts: Alerts) -> None:
     """Wait until a log alert added now is delivered: proof that the notifier polled again."""
     marker = await alerts.add(["log"])
     await eventually(lambda: _with_status(alerts, marker, "delivered"), what="a later poll")
+
+
+async def _alert_with_picture(alerts: Alerts, config: Config, channels: list[str]
+                              ) -> tuple[uuid.UUID, int]:
+    """An alert whose event has a person (with a thumbnail) in an 800x600 snapshot; returns
+    the alert and the person's detection id."""
+    folder = config.paths.camera_root / CAMERA
+    folder.mkdir(exist_ok=True)
+    (folder / "snap.jpg").write_bytes(grey_jpeg())
+    thumbnail = config.paths.state_dir / "thumb.jpg"
+    thumbnail.write_bytes(grey_jpeg(50, 50))
+    [person] = await detections_of_one_image(alerts.db, folder / "snap.jpg",
+                                             ("person", 0.93, 100, 150, 200, 300),
+                                             camera_id=CAMERA, thumbnail=thumbnail)
+    await alerts.db.execute("UPDATE events SET detection_ids = $2 WHERE id = $1",
+                            alerts.event_id, json.dumps([person]))
+    return await alerts.add(channels), person
+
+
+async def test_apprise_push_carries_the_annotated_snapshot_and_a_link(
+    alerts: Alerts, receiver: Receiver, start_notifier: StartNotifier, config: Config
+) -> None:
+    alert_id, _ = await _alert_with_picture(alerts, config, ["apprise"])
+    start_notifier(public_url="https://hsid.example.net", image_width=400,
+                   apprise_urls=[receiver.url.replace("http://", "json://", 1)])
+
+    row = await eventually(lambda: _with_status(alerts, alert_id, "delivered"), what="delivered")
+
+    [request] = receiver.requests
+    body = json.loads(request.body)
+    assert body["title"] == f"{CAMERA_NAME}: high risk, person"
+    assert body["message"].splitlines() == [
+        "A person at the door at night", "Thu 26 Nov 2026, 12:00:00 UTC",
+        f"https://hsid.example.net/api/events/{alerts.event_id}"]
+    [attachment] = body["attachments"]
+    pixels = decoded(base64.b64decode(attachment["base64"]))
+    assert pixels.shape == (300, 400, 3), "scaled to alerts.image_width"
+    assert near(pixels[150, 50], CLASS_COLOURS["person"]), "the person's box, where it is"
+    apprise = row["metadata"]["delivery"]["apprise"]
+    assert apprise["state"] == "delivered" and len(apprise["sent_to"]) == 1
+
+
+async def test_apprise_push_without_its_picture_still_goes_out(
+    alerts: Alerts, receiver: Receiver, start_notifier: StartNotifier
+) -> None:
+    alert_id = await alerts.add(["apprise"])  # its event has no detections, so no picture
+    start_notifier(public_url="", apprise_urls=[receiver.url.replace("http://", "json://")])
+
+    await eventually(lambda: _with_status(alerts, alert_id, "delivered"), what="delivered")
+
+    body = json.loads(receiver.requests[0].body)
+    assert not body.get("attachments") and body["title"] == f"{CAMERA_NAME}: high risk"
+
+
+async def test_apprise_retries_reach_only_the_urls_that_failed(
+    alerts: Alerts, receiver: Receiver, start_notifier: StartNotifier
+) -> None:
+    url = receiver.url.replace("http://", "json://", 1)
+    receiver.statuses = [200, 503]
+    alert_id = await alerts.add(["apprise"])
+    start_notifier(public_url="", apprise_urls=[f"{url}?-n=1", f"{url}?-n=2"])
+
+    row = await eventually(lambda: _with_status(alerts, alert_id, "delivered"), what="delivered")
+
+    apprise = row["metadata"]["delivery"]["apprise"]
+    assert (apprise["attempts"], len(apprise["sent_to"])) == (2, 2)
+    assert len(receiver.requests) == 3, "the URL that took it first was not sent to again"
+
+
+async def test_webhook_links_to_the_snapshot_and_thumbnail_under_the_public_url(
+    alerts: Alerts, receiver: Receiver, start_notifier: StartNotifier, config: Config
+) -> None:
+    alert_id, person = await _alert_with_picture(alerts, config, ["webhook"])
+    start_notifier(public_url="https://hsid.example.net", webhook_url=receiver.url)
+
+    await eventually(lambda: _with_status(alerts, alert_id, "delivered"), what="delivered")
+
+    data = json.loads(receiver.requests[0].body)["data"]
+    assert data["snapshot_url"] == (
+        f"https://hsid.example.net/api/events/{alerts.event_id}/snapshot")
+    assert data["thumbnail_url"] == (
+        f"https://hsid.example.net/api/detections/{person}/thumbnail")
