@@ -29,6 +29,10 @@ from hsid.config import Config, load_config
 from hsid.db import apply_schema, create_pool
 from hsid.embedded import EmbeddedPostgres, EmbeddedRedis, server_pids
 from hsid.keyspace import Keyspace
+from hsid.pipeline.analyze_worker import AnalyzeWorker
+from hsid.pipeline.analyzer import RiskScorer
+from hsid.pipeline.prompts import seed_default_prompt
+from hsid.queues import ReliableQueue
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -236,3 +240,21 @@ def config(database_url: str, redis_url: str, redis_prefix: str, camera_root: Pa
             "HSID_API__PORT": str(free_port()),
         },
     )
+
+
+@pytest.fixture
+async def analysis(config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace
+                   ) -> AsyncIterator[ReliableQueue]:
+    """A running analyze worker on the test stores, scoring by the rules (no model); yields
+    the analysis_queue it consumes."""
+    await seed_default_prompt(db)
+    scorer = RiskScorer(config.analyzer)
+    await scorer.load()
+    queue = ReliableQueue(redis, "analysis_queue", "test-analyze", config.queues,
+                          keyspace=keyspace)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(
+        AnalyzeWorker(config, db, redis, queue, scorer, stopping, keyspace=keyspace).run())
+    yield queue
+    stopping.set()
+    await asyncio.wait_for(task, 10)

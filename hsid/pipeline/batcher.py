@@ -46,29 +46,42 @@ from hsid.runtime import pause
 
 log = structlog.get_logger(__name__)
 
-# KEYS: <prefix>batch:{camera_id}:current
-# ARGV: new batch id, camera id, now, ttl, ids JSON, key prefix ('<prefix>batch:'),
-#       episode id ('' for none)
-# Joins the camera's open batch, or opens one under the new id; the other keys are named
-# from the batch id read inside the script (as Keyspace.batch names them). A batch keeps the
-# first episode it is given. Returns {batch_id, size of the batch}.
-ADD_SCRIPT = """
-local batch_id = redis.call('GET', KEYS[1])
-local prefix
-if not batch_id then
-  batch_id = ARGV[1]
-  prefix = ARGV[6] .. batch_id .. ':'
-  redis.call('SET', KEYS[1], batch_id, 'EX', ARGV[4])
+# What both add scripts begin with. ARGV: 1 new batch id, 2 camera id, 3 now, 4 ttl,
+# 5 ids JSON, 6 key prefix ('<prefix>batch:'). open_batch makes the batch's keys under the
+# new id and points `key` at it; append_ids adds ARGV's ids and marks the activity.
+BATCH_LUA = """
+local function open_batch(key)
+  local batch_id = ARGV[1]
+  local prefix = ARGV[6] .. batch_id .. ':'
+  redis.call('SET', key, batch_id, 'EX', ARGV[4])
   redis.call('SET', prefix .. 'camera_id', ARGV[2], 'EX', ARGV[4])
   redis.call('SET', prefix .. 'started_at', ARGV[3], 'EX', ARGV[4])
   redis.call('SET', prefix .. 'detections', '[]', 'EX', ARGV[4])
+  return batch_id, prefix
+end
+local function append_ids(prefix)
+  local ids = cjson.decode(redis.call('GET', prefix .. 'detections') or '[]')
+  for _, id in ipairs(cjson.decode(ARGV[5])) do table.insert(ids, id) end
+  redis.call('SET', prefix .. 'detections', cjson.encode(ids), 'EX', ARGV[4])
+  redis.call('SET', prefix .. 'last_activity', ARGV[3], 'EX', ARGV[4])
+  return ids
+end
+"""
+
+# KEYS: <prefix>batch:{camera_id}:current
+# ARGV: as BATCH_LUA, then 7 episode id ('' for none)
+# Joins the camera's open batch, or opens one under the new id; the other keys are named
+# from the batch id read inside the script (as Keyspace.batch names them). A batch keeps the
+# first episode it is given. Returns {batch_id, size of the batch}.
+ADD_SCRIPT = BATCH_LUA + """
+local batch_id = redis.call('GET', KEYS[1])
+local prefix
+if not batch_id then
+  batch_id, prefix = open_batch(KEYS[1])
 else
   prefix = ARGV[6] .. batch_id .. ':'
 end
-local ids = cjson.decode(redis.call('GET', prefix .. 'detections') or '[]')
-for _, id in ipairs(cjson.decode(ARGV[5])) do table.insert(ids, id) end
-redis.call('SET', prefix .. 'detections', cjson.encode(ids), 'EX', ARGV[4])
-redis.call('SET', prefix .. 'last_activity', ARGV[3], 'EX', ARGV[4])
+local ids = append_ids(prefix)
 if ARGV[7] ~= '' then
   redis.call('SET', prefix .. 'episode_id', ARGV[7], 'EX', ARGV[4], 'NX')
 end
@@ -98,13 +111,12 @@ return {ARGV[1], 1}
 """
 
 # KEYS: <prefix>batch:{camera_id}:backlog
-# ARGV: new batch id, camera id, now, ttl, ids JSON, key prefix, captured (epoch seconds),
-#       window, idle
+# ARGV: as BATCH_LUA, then 7 captured (epoch seconds), 8 window, 9 idle
 # As ADD_SCRIPT for the camera's backlog batch, which also keeps the capture-time span of
 # what it holds ([first, last] in <batch>:captured). Joins it when the capture fits (within
 # `idle` of the span, the span then shorter than `window`) and returns {batch_id, size, 1};
 # returns {batch_id, 0, 0} when it does not: the caller closes that batch and tries again.
-ADD_BACKLOG_SCRIPT = """
+ADD_BACKLOG_SCRIPT = BATCH_LUA + """
 local batch_id = redis.call('GET', KEYS[1])
 local captured = tonumber(ARGV[7])
 local first, last = captured, captured
@@ -120,17 +132,9 @@ if batch_id then
     end
   end
 else
-  batch_id = ARGV[1]
-  prefix = ARGV[6] .. batch_id .. ':'
-  redis.call('SET', KEYS[1], batch_id, 'EX', ARGV[4])
-  redis.call('SET', prefix .. 'camera_id', ARGV[2], 'EX', ARGV[4])
-  redis.call('SET', prefix .. 'started_at', ARGV[3], 'EX', ARGV[4])
-  redis.call('SET', prefix .. 'detections', '[]', 'EX', ARGV[4])
+  batch_id, prefix = open_batch(KEYS[1])
 end
-local ids = cjson.decode(redis.call('GET', prefix .. 'detections') or '[]')
-for _, id in ipairs(cjson.decode(ARGV[5])) do table.insert(ids, id) end
-redis.call('SET', prefix .. 'detections', cjson.encode(ids), 'EX', ARGV[4])
-redis.call('SET', prefix .. 'last_activity', ARGV[3], 'EX', ARGV[4])
+local ids = append_ids(prefix)
 redis.call('SET', prefix .. 'captured', cjson.encode({first, last}), 'EX', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', prefix .. 'camera_id', ARGV[4])

@@ -3,23 +3,16 @@ trust set through the API keeping an event of that entity from alerting."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import numpy as np
 import pytest
-import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from hsid.config import Config
-from hsid.keyspace import Keyspace
-from hsid.pipeline.analyze_worker import AnalyzeWorker
-from hsid.pipeline.analyzer import RiskScorer
-from hsid.pipeline.prompts import seed_default_prompt
 from hsid.queues import ReliableQueue
 from hsid.services.entities import EntityMatcher, Sighting
 from tests import seed
@@ -209,22 +202,6 @@ async def test_deleting_an_entity_keeps_its_detections(
 
 
 # --- trust and alerts --------------------------------------------------------------------
-
-
-@pytest.fixture
-async def analysis(config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace
-                   ) -> AsyncIterator[ReliableQueue]:
-    await seed_default_prompt(db)
-    scorer = RiskScorer(config.analyzer)  # rule-based scoring
-    await scorer.load()
-    queue = ReliableQueue(redis, "analysis_queue", "test-analyze", config.queues,
-                          keyspace=keyspace)
-    stopping = asyncio.Event()
-    task = asyncio.create_task(
-        AnalyzeWorker(config, db, redis, queue, scorer, stopping, keyspace=keyspace).run())
-    yield queue
-    stopping.set()
-    await asyncio.wait_for(task, 10)
 
 
 async def test_trust_set_through_the_api_keeps_that_persons_events_from_alerting(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -45,21 +45,6 @@ async def seeded(db: asyncpg.Pool, camera_root: Path) -> list[int]:
             CAMERA, str(camera_root / CAMERA / f"{n}.jpg"), T0 + timedelta(seconds=n), kind,
             conf))
     return ids
-
-
-@pytest.fixture
-async def analysis(config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace
-                   ) -> AsyncIterator[ReliableQueue]:
-    scorer = RiskScorer(config.analyzer)  # no model configured: rule-based scoring
-    await scorer.load()
-    queue = ReliableQueue(redis, "analysis_queue", "test-analyze", config.queues,
-                          keyspace=keyspace)
-    stopping = asyncio.Event()
-    task = asyncio.create_task(
-        AnalyzeWorker(config, db, redis, queue, scorer, stopping, keyspace=keyspace).run())
-    yield queue
-    stopping.set()
-    await asyncio.wait_for(task, 10)
 
 
 async def test_batch_becomes_one_event_with_the_reference_message(
