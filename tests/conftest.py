@@ -9,6 +9,7 @@ every key and channel (channels ignore the database number), so parallel runs ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -242,19 +243,29 @@ def config(database_url: str, redis_url: str, redis_prefix: str, camera_root: Pa
     )
 
 
-@pytest.fixture
-async def analysis(config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace
-                   ) -> AsyncIterator[ReliableQueue]:
-    """A running analyze worker on the test stores, scoring by the rules (no model); yields
-    the analysis_queue it consumes."""
+@contextlib.asynccontextmanager
+async def running_analyzer(config: Config, db: asyncpg.Pool, redis: aioredis.Redis,
+                           keyspace: Keyspace, worker: str = "test-analyze",
+                           ) -> AsyncIterator[ReliableQueue]:
+    """An analyze worker running on the test stores, scoring by the rules (no model);
+    yields the analysis_queue it consumes, and stops it afterwards."""
     await seed_default_prompt(db)
     scorer = RiskScorer(config.analyzer)
     await scorer.load()
-    queue = ReliableQueue(redis, "analysis_queue", "test-analyze", config.queues,
-                          keyspace=keyspace)
+    queue = ReliableQueue(redis, "analysis_queue", worker, config.queues, keyspace=keyspace)
     stopping = asyncio.Event()
     task = asyncio.create_task(
         AnalyzeWorker(config, db, redis, queue, scorer, stopping, keyspace=keyspace).run())
-    yield queue
-    stopping.set()
-    await asyncio.wait_for(task, 10)
+    try:
+        yield queue
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def analysis(config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace
+                   ) -> AsyncIterator[ReliableQueue]:
+    """A running analyze worker (running_analyzer) for the test."""
+    async with running_analyzer(config, db, redis, keyspace) as queue:
+        yield queue

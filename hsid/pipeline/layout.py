@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import NamedTuple
 
 from hsid.config import WatcherConfig
 from hsid.metrics import FILES_IGNORED
@@ -54,6 +55,14 @@ class CameraSource:
         """What makes two sources one camera: a folder by its path, a pattern camera by its
         name, wherever its files are (the same camera may upload into several folders)."""
         return (self.kind, self.name if self.kind == PATTERN else str(self.folder))
+
+
+class ScannedFile(NamedTuple):
+    """A file the start-up scan found: its path, and its size and mtime (ns) at the look."""
+
+    path: Path
+    size: int
+    mtime_ns: int
 
 
 class CameraLayout:
@@ -108,21 +117,23 @@ class CameraLayout:
             return TEMPORARY_NAME
         return None if Path(name).suffix.lower() in IMAGE_SUFFIXES else NOT_AN_IMAGE
 
-    def scan(self, folders: Iterable[Path], newer_than: float) -> list[Path]:
-        """Candidate images under `folders` modified after `newer_than`, oldest first; the
-        files passed over are counted by reason. Hidden folders are not entered. Blocking."""
-        found: list[tuple[float, Path]] = []
+    def scan(self, folders: Iterable[Path], newer_than: float) -> list[ScannedFile]:
+        """Candidate images under `folders` modified after `newer_than`, oldest first, each
+        with the size and mtime of that look; the files passed over are counted by reason.
+        Hidden folders are not entered. Blocking."""
+        found: list[tuple[int, ScannedFile]] = []
         for folder in folders:
             for dirpath, dirnames, filenames in os.walk(folder):
                 dirnames[:] = [name for name in dirnames if not name.startswith(".")]
                 for name in filenames:
                     path = Path(dirpath, name)
                     with contextlib.suppress(OSError):
-                        mtime = os.stat(path, follow_symlinks=False).st_mtime
-                        if mtime < newer_than:
+                        info = os.stat(path, follow_symlinks=False)
+                        if info.st_mtime < newer_than:
                             continue
                         if (reason := self.ignore_reason(path)) is not None:
                             FILES_IGNORED.labels(reason=reason).inc()
                         else:
-                            found.append((mtime, path))
-        return [path for _, path in sorted(found)]
+                            found.append((info.st_mtime_ns,
+                                          ScannedFile(path, info.st_size, info.st_mtime_ns)))
+        return [file for _, file in sorted(found, key=lambda entry: (entry[0], entry[1].path))]

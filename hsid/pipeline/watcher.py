@@ -256,11 +256,11 @@ class Watcher:
         """Track images in `folders` that were not dealt with yet: a file still as it was
         when its snapshot was recorded (processed or dead-lettered) is left alone."""
         cutoff = time.time() - self._config.startup_lookback_hours * 3600
-        found = await asyncio.to_thread(
-            lambda: _with_signatures(self._layout.scan(folders, cutoff)))
-        known = await known_files(self._pool, [path for path, _, _ in found])
+        found = await asyncio.to_thread(self._layout.scan, folders, cutoff)
+        known = await known_files(self._pool, [file.path for file in found])
         now = time.monotonic()
-        fresh = [path for path, size, mtime_ns in found if (str(path), size, mtime_ns) not in known]
+        fresh = [file.path for file in found
+                 if (str(file.path), file.size, file.mtime_ns) not in known]
         for path in fresh:
             self._tracker.track(path, now)
         log.info("existing_images_scanned", folders=len(folders), found=len(found),
@@ -305,8 +305,9 @@ class Watcher:
         camera_id = await self._mark_seen(source, camera_id)
         try:
             upload = await self._uploads.prepare(path, camera_id)
-        except FileNotFoundError:
-            return  # deleted after it settled: nothing to process
+        except FileNotFoundError:  # said, not dropped: a camera's own cleanup may be too eager
+            _reject(path, folder, "gone: deleted before it could be read")
+            return
         except OSError as err:
             _reject(path, folder, f"unreadable: {err.strerror}")
             return
@@ -389,18 +390,6 @@ class Watcher:
     async def _pause(self, seconds: float) -> bool:
         """Sleep up to `seconds`; True (at once) when the daemon is stopping."""
         return await pause(self._stopping, seconds)
-
-
-def _with_signatures(paths: list[Path]) -> list[tuple[Path, int, int]]:
-    """Blocking: each file with its size and mtime (ns); files gone meanwhile left out."""
-    found = []
-    for path in paths:
-        try:
-            info = path.stat()
-        except OSError:
-            continue
-        found.append((path, info.st_size, info.st_mtime_ns))
-    return found
 
 
 async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -18,12 +17,13 @@ from structlog.testing import capture_logs
 from hsid import metrics
 from hsid.config import Config
 from hsid.keyspace import Keyspace
-from hsid.pipeline.analyze_worker import LOCK_CAMERA_EVENTS, AnalyzeWorker, batch_context
-from hsid.pipeline.analyzer import RiskScorer, build_prompt
+from hsid.pipeline.analyze_worker import LOCK_CAMERA_EVENTS, batch_context
+from hsid.pipeline.analyzer import build_prompt
 from hsid.pipeline.assessment import time_of_day
 from hsid.pipeline.prompts import seed_default_prompt
 from hsid.queues import ReliableQueue
 from hsid.services.zones import Zone, contains, zones_of_box
+from tests.conftest import running_analyzer
 from tests.support import eventually
 
 CAMERA = "drive"
@@ -169,27 +169,19 @@ async def test_two_analyzers_sharing_a_detection_give_one_event_holding_it(
     analysis: ReliableQueue, config: Config, db: asyncpg.Pool, redis: aioredis.Redis,
     keyspace: Keyspace, seeded: list[int],
 ) -> None:
-    scorer = RiskScorer(config.analyzer)
-    await scorer.load()
-    queue = ReliableQueue(redis, "analysis_queue", "test-analyze-2", config.queues,
-                          keyspace=keyspace)
-    stopping = asyncio.Event()
-    second = asyncio.create_task(
-        AnalyzeWorker(config, db, redis, queue, scorer, stopping, keyspace=keyspace).run())
     # Holding the camera's event lock lets both analyzers get as far as the insert, each
     # having found the shared detection in no event; then they take turns.
     with capture_logs() as logs:
-        async with db.acquire() as conn, conn.transaction():
-            await conn.execute(LOCK_CAMERA_EVENTS, CAMERA)
-            await analysis.push({"batch_id": "b-1", "camera_id": CAMERA,
-                                 "detection_ids": seeded[:2]})
-            await analysis.push({"batch_id": "b-2", "camera_id": CAMERA,
-                                 "detection_ids": seeded[1:]})
-            await eventually(lambda: _lock_waiters(db, 2),
-                             what="both analyzers waiting for the lock")
-        await eventually(lambda: db.fetchval("SELECT count(*) = 2 FROM events"))
-    stopping.set()
-    await asyncio.wait_for(second, 10)
+        async with running_analyzer(config, db, redis, keyspace, "test-analyze-2"):
+            async with db.acquire() as conn, conn.transaction():
+                await conn.execute(LOCK_CAMERA_EVENTS, CAMERA)
+                await analysis.push({"batch_id": "b-1", "camera_id": CAMERA,
+                                     "detection_ids": seeded[:2]})
+                await analysis.push({"batch_id": "b-2", "camera_id": CAMERA,
+                                     "detection_ids": seeded[1:]})
+                await eventually(lambda: _lock_waiters(db, 2),
+                                 what="both analyzers waiting for the lock")
+            await eventually(lambda: db.fetchval("SELECT count(*) = 2 FROM events"))
     held = sorted(i for ids in (await _events_holding(db)).values() for i in ids)
     assert held == seeded  # each detection in exactly one event
     assert [e["event"] for e in logs].count("detections_taken_meanwhile") == 1
@@ -230,24 +222,13 @@ async def test_a_server_in_utc_sees_the_houses_afternoon_as_afternoon(
                      CAMERA)
     await db.execute("INSERT INTO alert_rules (name, severity, schedule) VALUES ('night', "
                      "'high', $1)", {"start": "22:00", "end": "06:00"})
-    await seed_default_prompt(db)
     detection = await db.fetchval(
         "INSERT INTO detections (camera_id, file_path, captured_at, object_type, confidence, "
         "bbox_x, bbox_y, bbox_width, bbox_height) VALUES ($1, '/x/a.jpg', $2, 'person', 0.95,"
         " 100, 100, 200, 400) RETURNING id", CAMERA, afternoon)
-    scorer = RiskScorer(house.analyzer)
-    await scorer.load()
-    queue = ReliableQueue(redis, "analysis_queue", "test-analyze-la", house.queues,
-                          keyspace=keyspace)
-    stopping = asyncio.Event()
-    task = asyncio.create_task(
-        AnalyzeWorker(house, db, redis, queue, scorer, stopping, keyspace=keyspace).run())
-    try:
+    async with running_analyzer(house, db, redis, keyspace, "test-analyze-la") as queue:
         await queue.push({"batch_id": "la", "camera_id": CAMERA, "detection_ids": [detection]})
         event = await eventually(lambda: db.fetchrow("SELECT * FROM events"))
-    finally:
-        stopping.set()
-        await asyncio.wait_for(task, 10)
 
     assert event["started_at"] == afternoon
     assert "1 person in the afternoon (Tue 15:30)" in event["summary"]

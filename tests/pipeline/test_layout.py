@@ -97,6 +97,7 @@ def test_scan_finds_recent_candidates_oldest_first_and_counts_the_rest(
 
     found = layout(camera_root).scan([camera_root], now - 3600)
 
-    assert found == [gate / "2025" / "a.png", camera_root / "root.jpg", gate / "b.jpg"]
+    assert [file.path for file in found] == [gate / "2025" / "a.png", camera_root / "root.jpg",
+                                             gate / "b.jpg"]
     assert ignored("not_an_image") == before["not_an_image"] + 1
     assert ignored("temporary_name") == before["temporary_name"] + 2
