@@ -117,8 +117,9 @@ class SettleTracker:
         """Start watching `path`; a path already pending keeps its first-seen time."""
         self._pending.setdefault(path, _Pending(first_seen=now, stable_since=now))
 
-    def discard(self, path: Path) -> None:
-        self._pending.pop(path, None)
+    def discard(self, path: Path) -> bool:
+        """Stop watching `path`; True when it was pending (not complete yet)."""
+        return self._pending.pop(path, None) is not None
 
     def pending(self) -> list[Path]:
         return list(self._pending)

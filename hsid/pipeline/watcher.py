@@ -187,7 +187,7 @@ class Watcher:
         now = time.monotonic()
         changes = await asyncio.to_thread(sort_changes, batch, self._layout)
         for path in changes.deleted:
-            self._tracker.discard(path)
+            self._forget_pending(path)
         for folder in changes.new_folders:
             # Files may land in a new folder before its inotify watch exists: scan it.
             if folder.parent == self._root:
@@ -281,7 +281,7 @@ class Watcher:
         now = time.monotonic()
         for path, probe in zip(paths, probes, strict=True):
             if probe is None:
-                self._tracker.discard(path)
+                self._forget_pending(path)
                 continue
             verdict = self._tracker.check(path, probe, now)
             if verdict is Verdict.READY:
@@ -327,6 +327,14 @@ class Watcher:
             IMAGES_RECEIVED.labels(camera=camera_id).inc()
             log.info("image_queued", camera=camera_id, path=str(path), size=upload.size,
                      sha256=upload.sha256, copy=upload.image_path != str(path))
+
+    def _forget_pending(self, path: Path) -> None:
+        """A file removed (or renamed away) before it was complete: said, and counted, since
+        an upload aborted by the camera or the FTP server is one; a file already taken goes
+        in silence."""
+        if self._tracker.discard(path):
+            log.info("image_gone", path=str(path), reason="removed before it was complete")
+            FILES_IGNORED.labels(reason="gone").inc()
 
     def _duplicate(self, path: Path, probe: Probe, camera_id: str, original: str) -> None:
         self._tracker.remember_taken(path, probe)

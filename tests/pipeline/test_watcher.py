@@ -622,3 +622,28 @@ async def test_inotify_alone_misses_a_write_to_an_overlay_layer(
 
     assert not seen
     assert polling_modes(logs) == [(False, "watcher.polling = false")]
+
+
+async def test_an_upload_removed_before_it_was_complete_is_said_and_counted(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    camera_root: Path,
+) -> None:
+    gate = camera_root / "gate"
+    gate.mkdir()
+    before = ignored("gone")
+    with capture_logs() as logs:
+        async with running_watcher(config, db, redis, stall_seconds=60.0) as watcher:
+            aborted = gate / "aborted.jpg"
+            aborted.write_bytes(jpeg(170)[:-80])  # the upload stops short ...
+            await asyncio.sleep(0.4)
+            aborted.unlink()  # ... and the FTP server removes what it had
+
+            async def said() -> bool:
+                return any(entry["event"] == "image_gone" for entry in logs)
+
+            await watcher.until(said, "the removal said")
+
+    assert await queued(redis, keyspace) == []
+    [gone] = [entry for entry in logs if entry["event"] == "image_gone"]
+    assert gone["path"] == str(gate / "aborted.jpg")
+    assert ignored("gone") == before + 1
