@@ -2,7 +2,7 @@
 -- (shared/spec/data-model-reference.md), their indexes and constraints.
 --
 -- Conventions
---   * Applied by hsid.db.apply_schema at every start-up and by `hsid init-db`, in one
+--   * Applied by hsid.core.db.apply_schema at every start-up and by `hsid init-db`, in one
 --     transaction under an advisory lock. It is idempotent: only CREATE TABLE IF NOT
 --     EXISTS and CREATE INDEX IF NOT EXISTS, every constraint declared inside its
 --     CREATE TABLE, no DROP, and no ALTER but ADD COLUMN IF NOT EXISTS for a column hsid
@@ -154,7 +154,7 @@ CREATE INDEX IF NOT EXISTS idx_events_risk_level ON events (risk_level, started_
 CREATE INDEX IF NOT EXISTS idx_events_unreviewed ON events (camera_id, risk_score)
     WHERE NOT reviewed;
 -- hsid: the q= substring search also gets a trigram index, where pg_trgm can be installed;
--- hsid/db.py adds it after this file, as it is optional.
+-- hsid/core/db.py adds it after this file, as it is optional.
 
 
 -- gpu_stats: time series of GPU samples written by the GPU monitor.
@@ -247,7 +247,7 @@ CREATE INDEX IF NOT EXISTS idx_alert_rules_enabled ON alert_rules (enabled);
 CREATE INDEX IF NOT EXISTS idx_alert_rules_severity ON alert_rules (severity);
 -- hsid's extension: skip_trusted_entities = true makes the rule pass over an event whose
 -- every person and vehicle is a trusted entity (the reference: "trusted entities may skip
--- alerts"); false alerts for them too (services/alerts.py). Older installs gain it here.
+-- alerts"); false alerts for them too (alerts/rules.py). Older installs gain it here.
 ALTER TABLE alert_rules ADD COLUMN IF NOT EXISTS skip_trusted_entities boolean NOT NULL DEFAULT true;
 
 
@@ -409,7 +409,7 @@ CREATE INDEX IF NOT EXISTS ix_entities_entity_metadata_gin ON entities USING gin
 
 -- entity_detections (hsid's extension of the reference, which records an entity's
 -- detection_count and primary_detection_id but not which detections it is made of): one
--- row per detection recognised as an entity (services/entities.py), with the detection's
+-- row per detection recognised as an entity (entities/matcher.py), with the detection's
 -- appearance embedding, so an entity can be split or merged and its mean embedding
 -- recomputed from its own detections. A detection belongs to at most one entity. The link
 -- goes with its detection (retention) or its entity (deleted or merged away); the entity

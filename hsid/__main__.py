@@ -1,5 +1,5 @@
 """`python -m hsid` is the `hsid` command."""
 
-from hsid.cli import main
+from hsid.commands.main import main
 
 raise SystemExit(main())

@@ -33,9 +33,9 @@ from hsid.api.detections import LIST_DETECTIONS
 from hsid.api.events import LIST_EVENTS
 from hsid.api.queries import EXACT_COUNT_LIMIT, Listing, where_clause
 from hsid.api.server import build_app
-from hsid.config import Config, DatabaseConfig
-from hsid.db import apply_schema, create_pool
-from hsid.runtime import Runtime
+from hsid.core.config import Config, DatabaseConfig
+from hsid.core.db import apply_schema, create_pool
+from hsid.core.runtime import Runtime
 
 PG_ADMIN_URL = os.environ.get("HSID_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("HSID_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -31,14 +31,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import realistic_detector, scene_jpeg
 
-from hsid.config import AnalyzerConfig, DetectorConfig
-from hsid.logging import configure_logging
-from hsid.models.tiny_detector import write_tiny_detector
-from hsid.models.tiny_llm import smollm2_path, write_tiny_gguf
-from hsid.pipeline.analyzer import LlmAnalyzer, PromptSettings
-from hsid.pipeline.assessment import BatchContext, DetectionContext
+from hsid.analysis.assessment import BatchContext, DetectionContext
+from hsid.analysis.llm import LlmAnalyzer, PromptSettings
+from hsid.analysis.prompts import default_settings
+from hsid.core.config import AnalyzerConfig, DetectorConfig
+from hsid.core.logging import configure_logging
+from hsid.model_files.tiny_detector import write_tiny_detector
+from hsid.model_files.tiny_llm import smollm2_path, write_tiny_gguf
 from hsid.pipeline.detector import Detector, decode
-from hsid.pipeline.prompts import default_settings
 
 # Greedy, so every policy generates the same replies and the times compare like for like.
 SETTINGS = PromptSettings(default_settings().system_prompt, temperature=0.0, max_tokens=600)

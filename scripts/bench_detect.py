@@ -27,14 +27,14 @@ import redis.asyncio as aioredis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import poll_until, realistic_detector, scene_jpeg, throwaway_stores
 
-from hsid.config import Config
-from hsid.keyspace import Keyspace
-from hsid.logging import configure_logging
-from hsid.models.tiny_detector import write_tiny_detector
+from hsid.core.config import Config
+from hsid.core.keyspace import Keyspace
+from hsid.core.logging import configure_logging
+from hsid.core.queues import ReliableQueue
+from hsid.model_files.tiny_detector import write_tiny_detector
 from hsid.pipeline.batcher import Batcher
 from hsid.pipeline.detect_worker import DetectWorker
 from hsid.pipeline.detector import Detector, decode
-from hsid.queues import ReliableQueue
 
 CAMERA = "bench"
 

@@ -45,9 +45,9 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import percentile, poll_until, throwaway_stores
 
-from hsid.models.tiny_detector import write_tiny_detector
-from hsid.models.tiny_embedder import write_tiny_embedder
-from hsid.models.tiny_llm import smollm2_path, write_tiny_gguf
+from hsid.model_files.tiny_detector import write_tiny_detector
+from hsid.model_files.tiny_embedder import write_tiny_embedder
+from hsid.model_files.tiny_llm import smollm2_path, write_tiny_gguf
 
 CAMERA = "bench"
 PORT = 18765

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import redis.asyncio as aioredis
 
-from hsid.config import Config
-from hsid.db import apply_schema, create_pool
+from hsid.core.config import Config
+from hsid.core.db import apply_schema, create_pool
 
 PG_ADMIN_URL = os.environ.get("HSID_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("HSID_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")

@@ -34,12 +34,10 @@ from typing import Any
 
 import asyncpg
 
-from hsid.config import AnalyzerConfig
-from hsid.logging import configure_logging
-from hsid.models.tiny_llm import smollm2_path, write_tiny_gguf
-from hsid.pipeline.analyzer import AnalysisFailed, AnalysisTimeout, LlmAnalyzer, PromptSettings
-from hsid.pipeline.prompts import active_settings, default_settings, record_evaluation
-from hsid.pipeline.risk_eval import (
+from hsid.analysis.fallback import fallback_assessment
+from hsid.analysis.llm import AnalysisFailed, AnalysisTimeout, LlmAnalyzer, PromptSettings
+from hsid.analysis.prompts import active_settings, default_settings, record_evaluation
+from hsid.analysis.risk_eval import (
     Figures,
     Scenario,
     Verdict,
@@ -50,7 +48,9 @@ from hsid.pipeline.risk_eval import (
     run,
     table,
 )
-from hsid.pipeline.rules import fallback_assessment
+from hsid.core.config import AnalyzerConfig
+from hsid.core.logging import configure_logging
+from hsid.model_files.tiny_llm import smollm2_path, write_tiny_gguf
 
 SET = Path(__file__).resolve().parent.parent / "tests" / "data" / "risk_eval" / "scenarios.json"
 # The tiny model's words are random; its replies need the grammar's full length in tokens.

@@ -18,10 +18,10 @@ import os
 import sys
 from datetime import UTC, datetime
 
-from hsid.config import Config, GpuConfig
-from hsid.db import apply_schema, create_pool
-from hsid.services.gpu import GpuMonitor, sample_gpu
-from hsid.services.health import Health
+from hsid.core.config import Config, GpuConfig
+from hsid.core.db import apply_schema, create_pool
+from hsid.upkeep.gpu import GpuMonitor, sample_gpu
+from hsid.core.health import Health
 
 SELECT_SINCE = """
 SELECT recorded_at, gpu_name, gpu_utilization, memory_used, memory_total, temperature,

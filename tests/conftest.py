@@ -26,14 +26,15 @@ import pytest
 import redis as redis_sync
 import redis.asyncio as aioredis
 
-from hsid.config import Config, load_config
-from hsid.db import apply_schema, create_pool
+from hsid.analysis.llm import RiskScorer
+from hsid.analysis.prompts import seed_default_prompt
+from hsid.core.config import Config, load_config
+from hsid.core.db import apply_schema, create_pool
+from hsid.core.keyspace import Keyspace
+from hsid.core.queues import ReliableQueue
 from hsid.embedded import EmbeddedPostgres, EmbeddedRedis, server_pids
-from hsid.keyspace import Keyspace
 from hsid.pipeline.analyze_worker import AnalyzeWorker
-from hsid.pipeline.analyzer import RiskScorer
-from hsid.pipeline.prompts import seed_default_prompt
-from hsid.queues import ReliableQueue
+from tests.alerts.receivers import Receiver, serve_receiver
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -269,3 +270,10 @@ async def analysis(config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keys
     """A running analyze worker (running_analyzer) for the test."""
     async with running_analyzer(config, db, redis, keyspace) as queue:
         yield queue
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook endpoint on 127.0.0.1 that records each request (alerts, Home Assistant)."""
+    async with serve_receiver() as running:
+        yield running

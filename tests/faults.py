@@ -32,7 +32,7 @@ KILL_POINTS = ("detection", "batch", "analysis")
 POINT_WAIT_SECONDS = 20.0
 POISON_TRIES = 4  # jobs tried before the poison scenario gives up catching one twice
 EVENT_WAIT_SECONDS = 60.0
-RULES_MARK = "LLM was not used"  # in every rule-scored event's reasoning (pipeline/rules.py)
+RULES_MARK = "LLM was not used"  # in every rule-scored event's reasoning (analysis/fallback.py)
 DISK_MB = 24  # the state dir's tmpfs: room for a few thousand thumbnails
 HEADER = ("scenario", "images sent", "stored", "events", "duplicates", "lost", "dead letters",
           "daemon exits")

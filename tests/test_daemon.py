@@ -112,8 +112,8 @@ def test_under_journal_lines_carry_syslog_priority_and_no_timestamp(
         assert daemon.stop(timeout=10) == 0
     lines = [line for line in daemon.output().splitlines() if line.strip()]
     assert all(re.match(r"<[0-7]>\S+: \S+", line) for line in lines), lines
-    assert any(line.startswith("<4>hsid.backoff: store_unavailable") for line in lines)
-    assert any(line.startswith("<6>hsid.app: hsid_starting") for line in lines)
+    assert any(line.startswith("<4>hsid.core.backoff: store_unavailable") for line in lines)
+    assert any(line.startswith("<6>hsid.daemon.app: hsid_starting") for line in lines)
     assert not any(re.search(r"\d\d:\d\d:\d\d", line) for line in lines)
 
 

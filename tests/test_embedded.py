@@ -16,9 +16,10 @@ import pytest
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
-from hsid.broker import connect_redis
-from hsid.config import Config
-from hsid.db import apply_schema, create_pool
+from hsid.core.broker import connect_redis
+from hsid.core.config import Config
+from hsid.core.db import apply_schema, create_pool
+from hsid.core.errors import Unavailable
 from hsid.embedded import (
     PG_SOCKET_NAME,
     EmbeddedPostgres,
@@ -31,7 +32,6 @@ from hsid.embedded import (
     start_embedded_stores,
     store_modes,
 )
-from hsid.errors import Unavailable
 from tests.conftest import embedded_pids
 
 needs_postgres = pytest.mark.skipif(

@@ -25,7 +25,7 @@ import onnxruntime as ort
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hsid.config import DetectorConfig, load_config
+from hsid.core.config import DetectorConfig, load_config
 from tests.conftest import REPO_ROOT, free_port
 from tests.support import Daemon, eventually, http_json, wait_for
 

@@ -7,12 +7,12 @@ from typing import Any
 
 import asyncpg
 
+from hsid.alerts.rules import WEEKDAYS, schedule_problem
 from hsid.api.fields import Arr, Body, Bool, Field, Int, Num, Obj, Shape, Str, Uuid, out
 from hsid.api.queries import Listing, fetch_one, fetch_page, page_of, paged, update_one
 from hsid.api.routing import ApiRoutes, Audit, Call
-from hsid.config import ALERT_CHANNELS
-from hsid.errors import InvalidInput
-from hsid.services.alerts import WEEKDAYS, schedule_problem
+from hsid.core.config import ALERT_CHANNELS
+from hsid.core.errors import InvalidInput
 
 RULE_COLUMNS = (
     "id, name, description, enabled, severity, risk_threshold, object_types, camera_ids, "

@@ -8,7 +8,7 @@ from hsid.api.alert_rules import SEVERITIES
 from hsid.api.fields import Int, Shape, Str, Uuid, out
 from hsid.api.queries import Listing, fetch_one, fetch_page, page_of, paged
 from hsid.api.routing import ApiRoutes, Audit, Call
-from hsid.errors import Conflict, NotFound
+from hsid.core.errors import Conflict, NotFound
 
 ALERT_COLUMNS = (
     "id, event_id, rule_id, severity, status, created_at, updated_at, delivered_at, channels, "

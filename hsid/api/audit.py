@@ -11,7 +11,7 @@ from hsid.api.keys import ACTOR_KEY, ANONYMOUS, RUNTIME
 from hsid.api.middleware import ERROR_KEY, REQUEST_ID_KEY, Handler
 from hsid.api.queries import TIME_RANGE, Listing, fetch_page, page_of, paged
 from hsid.api.routing import AUDIT_NOTE_KEY, ApiRoute, ApiRoutes, AuditNote, Call, route_spec
-from hsid.errors import Unavailable
+from hsid.core.errors import Unavailable
 
 log = structlog.get_logger(__name__)
 

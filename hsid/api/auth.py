@@ -13,7 +13,7 @@ from aiohttp import web
 from hsid.api.keys import ACTOR_KEY, RUNTIME
 from hsid.api.middleware import Handler, Unauthorized
 from hsid.api.routing import route_spec
-from hsid.config import ApiConfig
+from hsid.core.config import ApiConfig
 
 log = structlog.get_logger(__name__)
 

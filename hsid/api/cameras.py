@@ -12,8 +12,8 @@ from hsid.api import files
 from hsid.api.fields import Body, Field, Shape, Str, out, pick
 from hsid.api.queries import Listing, fetch_one, fetch_page, page_of, paged, update_one
 from hsid.api.routing import ApiRoutes, Audit, Call
-from hsid.errors import Conflict, InvalidInput, NotFound
-from hsid.pipeline.cameras import normalize_camera_id
+from hsid.cameras.registry import normalize_camera_id
+from hsid.core.errors import Conflict, InvalidInput, NotFound
 
 CAMERA_COLUMNS = "id, name, folder_path, status, created_at, last_seen_at"
 SELECT_CAMERA = "SELECT " + CAMERA_COLUMNS + " FROM cameras WHERE id = $1"

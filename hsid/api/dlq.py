@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from hsid import queues
 from hsid.api.fields import Body, Bool, Int, Shape, Str, out
 from hsid.api.queries import page_of, paged
 from hsid.api.routing import ApiRoutes, Audit, Call
-from hsid.constants import QUEUE_NAMES
-from hsid.errors import InvalidInput
+from hsid.core import queues
+from hsid.core.constants import QUEUE_NAMES
+from hsid.core.errors import InvalidInput
 
 QUEUE_PATH = {"queue": Str(enum=QUEUE_NAMES, description="queue whose dead letters to use")}
 COUNTS = Shape({name: out("integer") for name in QUEUE_NAMES},

@@ -2,7 +2,7 @@
 thumbnails; its trust status; merging two, splitting a detection off, deleting one.
 
 Every change writes an audit row (routing.Audit). Merge, split and delete run under the
-entity type's lock (services/entity_edits.py), so they never interleave with matching.
+entity type's lock (entities/edits.py), so they never interleave with matching.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import asyncpg
 from hsid.api.fields import Body, Int, Shape, Str, Uuid, out
 from hsid.api.queries import Listing, fetch_one, fetch_page, page_of, paged, update_one
 from hsid.api.routing import ApiRoutes, Audit, Call
-from hsid.services import entity_edits
-from hsid.services.entity_edits import ENTITY_COLUMNS
+from hsid.entities import edits as entity_edits
+from hsid.entities.edits import ENTITY_COLUMNS
 
 SELECT_ENTITY = "SELECT " + ENTITY_COLUMNS + " FROM entities WHERE id = $1"
 UPDATE_ENTITY = "UPDATE entities SET {sets} WHERE id = $1 RETURNING " + ENTITY_COLUMNS

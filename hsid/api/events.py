@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from hsid.analysis.assessment import RISK_LEVELS
 from hsid.api.detections import (
     DETECTION,
     DETECTION_COLUMNS,
@@ -27,7 +28,6 @@ from hsid.api.queries import (
     update_one,
 )
 from hsid.api.routing import ApiRoutes, Audit, Call
-from hsid.pipeline.assessment import RISK_LEVELS
 
 EVENT_COLUMNS = (
     "id, batch_id, camera_id, started_at, ended_at, risk_score, risk_level, summary, "

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from hsid.errors import InvalidInput
+from hsid.core.errors import InvalidInput
 
 INT32_MAX = 2**31 - 1
 # Every string gets a ceiling, so that no input can make a row (or a log line) absurdly large.

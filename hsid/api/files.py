@@ -10,8 +10,8 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from hsid.config import PathsConfig
-from hsid.errors import NotFound
+from hsid.core.config import PathsConfig
+from hsid.core.errors import NotFound
 
 log = structlog.get_logger(__name__)
 

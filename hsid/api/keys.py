@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hsid.runtime import Runtime
+from hsid.core.runtime import Runtime
 
 RUNTIME = web.AppKey("runtime", Runtime)
 

@@ -3,9 +3,10 @@ declared here so that auth, audit and the OpenAPI document cover them too."""
 
 from __future__ import annotations
 
+from hsid.api import cleanup as cleanup_http
+from hsid.api import metrics as metrics_http
 from hsid.api.fields import Bool, Shape, out
 from hsid.api.routing import ApiRoutes, Audit, plain
-from hsid.services import cleanup_http, metrics_http
 
 DRY_RUN = {"dry_run": Bool(description="only count what would be deleted")}
 CLEANUP = Shape({

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 
-from hsid.errors import Conflict, HsidError, InvalidInput, NotFound, Unavailable
+from hsid.core.errors import Conflict, HsidError, InvalidInput, NotFound, Unavailable
 
 log = structlog.get_logger(__name__)
 

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from hsid.api.fields import Str
 from hsid.api.routing import ApiRoutes, Call
-from hsid.errors import NotFound
+from hsid.core.errors import NotFound
 
 STATIC_DIR = Path(__file__).with_name("static")
 INDEX = "index.html"

@@ -12,8 +12,8 @@ import asyncpg
 from hsid.api.fields import Body, Field, Int, Num, Shape, Str, out
 from hsid.api.queries import Listing, fetch_one, fetch_page, page_of, paged
 from hsid.api.routing import ApiRoutes, Audit, Call
-from hsid.db import schema_sql
-from hsid.errors import Conflict, InvalidInput
+from hsid.core.db import schema_sql
+from hsid.core.errors import Conflict, InvalidInput
 
 
 def _allowed_models(sql: str) -> tuple[str, ...]:
@@ -173,7 +173,7 @@ async def rollback_prompt(call: Call) -> asyncpg.Record:
                                 what=f"{model} prompt version {version}")
         try:
             stored = json.loads(saved[0])
-            # Evaluation figures (pipeline/prompts.py) belong to the version measured, not
+            # Evaluation figures (analysis/prompts.py) belong to the version measured, not
             # to the restored copy: it is measured afresh.
             config = Body(CONFIG_FIELDS).parse(
                 {k: v for k, v in stored.items() if k != "evaluation"}

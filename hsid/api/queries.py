@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from hsid.api.fields import DateTime, Field, Int, Shape, out
-from hsid.errors import NotFound
+from hsid.core.errors import NotFound
 
 PAGE_LIMIT_DEFAULT = 50
 PAGE_LIMIT_MAX = 1000

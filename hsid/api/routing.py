@@ -17,8 +17,8 @@ from aiohttp import web
 from hsid.api.fields import Body, Field
 from hsid.api.keys import ACTOR_KEY, ANONYMOUS, RUNTIME
 from hsid.api.middleware import BadParameter, MalformedBody
-from hsid.errors import InvalidInput
-from hsid.runtime import Runtime
+from hsid.core.errors import InvalidInput
+from hsid.core.runtime import Runtime
 
 
 class Documented(Protocol):

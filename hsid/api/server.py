@@ -31,7 +31,7 @@ from hsid.api.auth import API_KEYS, ApiKeys, auth_middleware
 from hsid.api.keys import RUNTIME
 from hsid.api.middleware import error_middleware, request_id_middleware
 from hsid.api.routing import ROUTE_SPECS, register
-from hsid.runtime import Runtime
+from hsid.core.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 

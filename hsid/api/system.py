@@ -7,13 +7,13 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from hsid.analysis.calibration import calibration_report
 from hsid.api.fields import Int, Shape, out
 from hsid.api.queries import row_counts
 from hsid.api.routing import ApiRoutes, Call, iso, json_response
-from hsid.config import redacted
-from hsid.services.calibration import calibration_report
-from hsid.services.health import health_report
-from hsid.services.status import queue_figures
+from hsid.core.config import redacted
+from hsid.core.health import health_report
+from hsid.upkeep.status import queue_figures
 
 COUNTED_TABLES = ("cameras", "events", "detections", "alerts", "alert_rules", "zones",
                   "entities")

@@ -12,10 +12,10 @@ import structlog
 from aiohttp import WSCloseCode, web
 
 from hsid.api.routing import ApiRoutes, Call
-from hsid.backoff import Backoff
-from hsid.constants import SECURITY_EVENTS_CHANNEL, SYSTEM_STATUS_CHANNEL
-from hsid.errors import Unavailable
-from hsid.runtime import Runtime, pause
+from hsid.core.backoff import Backoff
+from hsid.core.constants import SECURITY_EVENTS_CHANNEL, SYSTEM_STATUS_CHANNEL
+from hsid.core.errors import Unavailable
+from hsid.core.runtime import Runtime, pause
 
 log = structlog.get_logger(__name__)
 

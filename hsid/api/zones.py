@@ -12,7 +12,7 @@ from hsid.api.cameras import CAMERA_PATH, require_camera
 from hsid.api.fields import Arr, Body, Bool, Field, Int, Num, Shape, Str, out
 from hsid.api.queries import Listing, fetch_one, fetch_page, page_of, paged, update_one
 from hsid.api.routing import ApiRoutes, Audit, Call
-from hsid.errors import InvalidInput
+from hsid.core.errors import InvalidInput
 
 ZONE_COLUMNS = (
     "id, camera_id, name, zone_type, coordinates, shape, color, enabled, priority, "

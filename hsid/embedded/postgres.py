@@ -12,6 +12,7 @@ from urllib.parse import quote
 import asyncpg
 import structlog
 
+from hsid.core.errors import Unavailable
 from hsid.embedded.processes import (
     INSTALL_HINT,
     START_TIMEOUT_SECONDS,
@@ -21,7 +22,6 @@ from hsid.embedded.processes import (
     run_tool,
 )
 from hsid.embedded.server import EmbeddedServer, end_leftovers, log_tail, socket_dir
-from hsid.errors import Unavailable
 
 log = structlog.get_logger(__name__)
 

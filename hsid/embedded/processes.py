@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hsid.errors import Unavailable
+from hsid.core.errors import Unavailable
 
 # --- Where the server binaries are looked for --------------------------------------------
 # Debian/Ubuntu, RHEL (PGDG) and source builds; after PATH, the newest version first.

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from hsid.core.errors import Unavailable
 from hsid.embedded.processes import (
     INSTALL_HINT,
     POLL_SECONDS,
@@ -24,7 +25,6 @@ from hsid.embedded.processes import (
     signal_pids,
 )
 from hsid.embedded.server import EmbeddedServer, end_leftovers, log_tail, socket_dir
-from hsid.errors import Unavailable
 
 REDIS_SOCKET_NAME = "redis.sock"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import structlog
 
+from hsid.core.errors import Unavailable
 from hsid.embedded.processes import (
     ServerUser,
     check_access,
@@ -19,7 +20,6 @@ from hsid.embedded.processes import (
     server_pids,
     server_user,
 )
-from hsid.errors import Unavailable
 
 log = structlog.get_logger(__name__)
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import structlog
 
-from hsid.config import Config
+from hsid.core.config import Config
+from hsid.core.errors import Unavailable
 from hsid.embedded.postgres import EmbeddedPostgres, cluster_major
 from hsid.embedded.processes import INSTALL_HINT, find_postgres_bin, find_redis_server, server_user
 from hsid.embedded.redis_server import EmbeddedRedis
 from hsid.embedded.server import EmbeddedServer
-from hsid.errors import Unavailable
 
 log = structlog.get_logger(__name__)
 

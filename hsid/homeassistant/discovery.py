@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from hsid.config import MqttConfig
+from hsid.core.config import MqttConfig
 
 ONLINE, OFFLINE = "online", "offline"  # Home Assistant's default availability payloads
 ON, OFF = "ON", "OFF"  # the binary sensors' default payloads

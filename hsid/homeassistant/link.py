@@ -16,8 +16,8 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
-from hsid.config import MqttConfig
-from hsid.errors import TransientError
+from hsid.core.config import MqttConfig
+from hsid.core.errors import TransientError
 from hsid.homeassistant.discovery import OFFLINE, ONLINE, Topics
 
 MQTT_TIMEOUT_SECONDS = 10.0  # connect, and each publish at QoS 1 (until the broker's PUBACK)

@@ -27,10 +27,13 @@ import asyncpg
 import redis.asyncio as aioredis
 import structlog
 
-from hsid.backoff import Backoff
-from hsid.config import Config
-from hsid.constants import SECURITY_EVENTS_CHANNEL, SYSTEM_STATUS_CHANNEL
-from hsid.errors import STORE_ERRORS, NotFound, TransientError
+from hsid.core.backoff import Backoff
+from hsid.core.config import Config
+from hsid.core.constants import SECURITY_EVENTS_CHANNEL, SYSTEM_STATUS_CHANNEL
+from hsid.core.errors import STORE_ERRORS, NotFound, TransientError
+from hsid.core.keyspace import Keyspace
+from hsid.core.locks import singleton_lock
+from hsid.core.runtime import pause
 from hsid.homeassistant.discovery import (
     OBJECT_GROUPS,
     OFF,
@@ -45,9 +48,6 @@ from hsid.homeassistant.discovery import (
 from hsid.homeassistant.link import MQTT_ERRORS, MqttLink
 from hsid.homeassistant.states import alert_event, hub_values, is_backlog, risk_attributes
 from hsid.imaging.evidence import Evidence
-from hsid.keyspace import Keyspace
-from hsid.runtime import pause
-from hsid.services.locks import singleton_lock
 
 log = structlog.get_logger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from hsid.errors import PermanentError
+from hsid.core.errors import PermanentError
 from hsid.pipeline.detector import decode
 
 JPEG_QUALITY = 85  # as thumbnails: small files that still show a face or a plate

@@ -17,8 +17,8 @@ from pathlib import Path
 import asyncpg
 
 from hsid.api.files import roots, safe_image
-from hsid.config import PathsConfig
-from hsid.errors import NotFound, PermanentError
+from hsid.core.config import PathsConfig
+from hsid.core.errors import NotFound, PermanentError
 from hsid.imaging.annotate import Box, annotate
 
 # Decoding and encoding a large snapshot takes a core for tens of milliseconds: a burst of

@@ -10,14 +10,14 @@ retries of its database write, so a flaky database never costs a second LLM gene
 A batch that was being analysed when the daemon died POISON_CRASH_COUNT times is scored by
 the rules: the LLM is the likeliest cause, and a third death would only repeat it.
 
-The batch's people and vehicles are looked up as entities (services/entity_context.py):
+The batch's people and vehicles are looked up as entities (entities/context.py):
 the prompt and the rule scorer hear how often each was seen today and whether the
 household trusts it, and alert rules may pass over an event of trusted entities only.
 
 Episodes (batcher.py): an item may carry `episode_id` and `fast_path`. The fast-path item
 of an episode has the episode id as its batch id, so a follow-up batch quotes that event
 (its time and summary) in the prompt, and the alerts of one episode share their dedup: a
-rule alerts once per episode unless a follow-up's risk level is higher (services/alerts.py).
+rule alerts once per episode unless a follow-up's risk level is higher (alerts/rules.py).
 Each camera has an LLM budget (`analyzer.max_per_camera_hour`, counted in Redis per clock
 hour): beyond it batches are scored by the rules, and fast-path snapshots still get the LLM.
 
@@ -39,23 +39,23 @@ import asyncpg
 import redis.asyncio as aioredis
 import structlog
 
-from hsid import constants, metrics
-from hsid.config import Config, site_zone
-from hsid.errors import PermanentError, TransientError
-from hsid.keyspace import Keyspace
-from hsid.pipeline.analyzer import RiskScorer
-from hsid.pipeline.assessment import BatchContext, DetectionContext, RiskAssessment
+from hsid.alerts.rules import DetectionFacts, EventFacts, raise_alert
+from hsid.analysis.assessment import BatchContext, DetectionContext, RiskAssessment
+from hsid.analysis.baselines import baseline_context
+from hsid.analysis.fallback import fallback_assessment
+from hsid.analysis.llm import RiskScorer
+from hsid.analysis.prompts import active_settings
+from hsid.cameras.tamper import scene_context
+from hsid.cameras.zones import enabled_zones, zones_of_box
+from hsid.core import constants, metrics
+from hsid.core.config import Config, site_zone
+from hsid.core.errors import PermanentError, TransientError
+from hsid.core.keyspace import Keyspace
+from hsid.core.queues import Job, ReliableQueue, consume
+from hsid.entities.context import EntityFacts, entity_facts
 from hsid.pipeline.batcher import is_fast_path
 from hsid.pipeline.image_format import image_header
 from hsid.pipeline.orphans import covered_ids
-from hsid.pipeline.prompts import active_settings
-from hsid.pipeline.rules import fallback_assessment
-from hsid.queues import Job, ReliableQueue, consume
-from hsid.services.alerts import DetectionFacts, EventFacts, raise_alert
-from hsid.services.baselines import baseline_context
-from hsid.services.entity_context import EntityFacts, entity_facts
-from hsid.services.scene import scene_context
-from hsid.services.zones import enabled_zones, zones_of_box
 
 log = structlog.get_logger(__name__)
 

@@ -18,7 +18,7 @@ extension, whose TTL of `idle_seconds` each detection of a fast-path class renew
 analysed at once, all of its detections in one item whose batch id is the episode id. While
 the episode lasts, the camera's detections join its live batch, which carries the episode id
 into its analysis item, so the follow-up event tells the whole story and alerts of the
-episode share their dedup (services/alerts.py). Opening the episode and queueing its first
+episode share their dedup (alerts/rules.py). Opening the episode and queueing its first
 item is one Lua script, so racing detect workers open one episode and queue it once.
 """
 
@@ -37,12 +37,12 @@ import asyncpg
 import redis.asyncio as aioredis
 import structlog
 
-from hsid import constants
-from hsid.broker import state_lost
-from hsid.config import BatchConfig
-from hsid.errors import STORE_ERRORS
-from hsid.keyspace import Keyspace
-from hsid.runtime import pause
+from hsid.core import constants
+from hsid.core.broker import state_lost
+from hsid.core.config import BatchConfig
+from hsid.core.errors import STORE_ERRORS
+from hsid.core.keyspace import Keyspace
+from hsid.core.runtime import pause
 
 log = structlog.get_logger(__name__)
 

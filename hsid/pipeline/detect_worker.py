@@ -19,11 +19,11 @@ recorded and inserts nothing, but batches again those of its detections that no 
 its first run may have died before batching them. One already waiting in a batch is then
 batched twice, and the analyze worker keeps it out of the second event.
 
-Person and vehicle detections are recognised as entities (pipeline/entities.py) once
+Person and vehicle detections are recognised as entities (entities/recognizer.py) once
 every image of the inference batch is stored and batched: the crops of all of them are
 embedded in one model call, in a thread, and a failure costs only the entities. A job run
 twice stores nothing new, so recognises nothing again; a detection is linked to one entity
-at most (services/entities.py).
+at most (entities/matcher.py).
 
 A full state dir costs thumbnails, not detections: the rows are stored with
 thumbnail_path NULL until thumbnails can be written again (state_files.StateFileWriter).
@@ -50,14 +50,17 @@ import asyncpg
 import redis.asyncio as aioredis
 import structlog
 
-from hsid import constants, metrics
-from hsid.config import Config, site_zone
-from hsid.errors import STORE_ERRORS, PermanentError, TransientError
-from hsid.keyspace import Keyspace
+from hsid.cameras.tamper import SceneMonitor
+from hsid.core import constants, metrics
+from hsid.core.config import Config, site_zone
+from hsid.core.errors import STORE_ERRORS, PermanentError, TransientError
+from hsid.core.keyspace import Keyspace
+from hsid.core.queues import Job, ReliableQueue, process_with_retries
+from hsid.core.runtime import honour_cancellation
+from hsid.entities.recognizer import Candidate, EntityRecognizer
 from hsid.pipeline.batcher import Batcher, NewDetection
 from hsid.pipeline.capture_time import Capture, CaptureClock, arrival_time
 from hsid.pipeline.detector import DecodedImage, Detector, ObjectDetection, decode
-from hsid.pipeline.entities import Candidate, EntityRecognizer
 from hsid.pipeline.orphans import covered_ids
 from hsid.pipeline.snapshots import (
     SNAPSHOTS_DIR,
@@ -69,9 +72,6 @@ from hsid.pipeline.snapshots import (
 )
 from hsid.pipeline.state_files import StateFileWriter
 from hsid.pipeline.thumbnails import make_thumbnail, thumbnail_path
-from hsid.queues import Job, ReliableQueue, process_with_retries
-from hsid.runtime import honour_cancellation
-from hsid.services.scene import SceneMonitor
 
 log = structlog.get_logger(__name__)
 
@@ -285,7 +285,7 @@ class DetectWorker:
 
     async def _recognise(self, tasks: list[ImageTask]) -> None:
         """Entities of the images' new person and vehicle detections, once all of them are
-        batched: best effort, it never raises (pipeline/entities.py)."""
+        batched: best effort, it never raises (entities/recognizer.py)."""
         if self._entities is None:
             return
         candidates = [

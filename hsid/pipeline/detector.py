@@ -16,10 +16,10 @@ import numpy as np
 import onnxruntime as ort
 import structlog
 
-from hsid.config import DetectorConfig
-from hsid.errors import ConfigError, PermanentError, TransientError
+from hsid.core.config import DetectorConfig
+from hsid.core.errors import ConfigError, PermanentError, TransientError
+from hsid.core.nvml import gpu_names
 from hsid.pipeline.image_format import JPEG_EOI, JPEG_MIME, image_end, image_header
-from hsid.services.gpu import gpu_names
 
 log = structlog.get_logger(__name__)
 

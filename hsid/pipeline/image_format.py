@@ -7,7 +7,7 @@ ISO/IEC 15948 (PNG).
 
 from __future__ import annotations
 
-from hsid.errors import PermanentError
+from hsid.core.errors import PermanentError
 
 JPEG_MIME = "image/jpeg"
 PNG_MIME = "image/png"

@@ -19,7 +19,7 @@ from datetime import datetime
 import asyncpg
 import structlog
 
-from hsid.config import BatchConfig
+from hsid.core.config import BatchConfig
 from hsid.pipeline.batcher import Batcher, NewDetection
 
 log = structlog.get_logger(__name__)

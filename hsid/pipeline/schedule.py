@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from hsid import constants
-from hsid.config import QueueConfig
-from hsid.keyspace import Keyspace
-from hsid.outage import StoreWatch
-from hsid.queues import Job, ReliableQueue
-from hsid.services.health import Health
+from hsid.core import constants
+from hsid.core.config import QueueConfig
+from hsid.core.health import Health
+from hsid.core.keyspace import Keyspace
+from hsid.core.outage import StoreWatch
+from hsid.core.queues import Job, ReliableQueue
 
 # How far into the queue a take looks for other cameras' jobs. An analysis takes seconds,
 # decoding this many small items about a millisecond; jobs beyond it wait their turn in order.

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from pathlib import Path
 
-from hsid.config import WatcherConfig
+from hsid.core.config import WatcherConfig
 from hsid.pipeline.image_format import JPEG_EOI, JPEG_SOI, PNG_IEND, PNG_SIGNATURE, image_end
 
 TAKEN_MEMORY = 10_000  # taken files whose (size, mtime) we remember, to ignore late events

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import structlog
 
-from hsid import metrics
+from hsid.core import metrics
 
 log = structlog.get_logger(__name__)
 

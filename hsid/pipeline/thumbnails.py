@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import structlog
 
-from hsid.errors import InvalidInput, PermanentError
+from hsid.core.errors import InvalidInput, PermanentError
 from hsid.pipeline.detector import DecodedImage, ObjectDetection
 
 log = structlog.get_logger(__name__)

@@ -23,28 +23,28 @@ import redis.asyncio as aioredis
 import structlog
 from watchfiles import Change, awatch
 
-from hsid.broker import state_lost
-from hsid.config import DedupeConfig, PathsConfig, WatcherConfig
-from hsid.constants import RECONCILE_CHECK_SECONDS, RECONCILED_PREFIX
-from hsid.errors import InvalidInput, Unavailable
-from hsid.keyspace import Keyspace
-from hsid.metrics import FILES_IGNORED, IMAGES_DEDUPLICATED, IMAGES_RECEIVED, IMAGES_REJECTED
-from hsid.pipeline.cameras import (
+from hsid.cameras.filesystems import watch_mode
+from hsid.cameras.layout import ROOT, CameraLayout, CameraSource
+from hsid.cameras.registry import (
     CameraStatusMonitor,
     mark_seen,
     normalize_camera_id,
     refusal,
     register_camera,
 )
-from hsid.pipeline.filesystems import watch_mode
-from hsid.pipeline.layout import ROOT, CameraLayout, CameraSource
+from hsid.core.broker import state_lost
+from hsid.core.config import DedupeConfig, PathsConfig, WatcherConfig
+from hsid.core.constants import RECONCILE_CHECK_SECONDS, RECONCILED_PREFIX
+from hsid.core.errors import InvalidInput, Unavailable
+from hsid.core.keyspace import Keyspace
+from hsid.core.metrics import FILES_IGNORED, IMAGES_DEDUPLICATED, IMAGES_RECEIVED, IMAGES_REJECTED
+from hsid.core.queues import Claim
+from hsid.core.runtime import pause
 from hsid.pipeline.settle import Completeness, Probe, SettleTracker, Verdict, probe_file
 from hsid.pipeline.snapshots import Uploads, known_files
-from hsid.queues import Claim
-from hsid.runtime import pause
 
 if TYPE_CHECKING:
-    from hsid.queues import ReliableQueue
+    from hsid.core.queues import ReliableQueue
 
 log = structlog.get_logger(__name__)
 

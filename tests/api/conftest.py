@@ -11,8 +11,8 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
 from hsid.api.server import build_app
-from hsid.config import Config
-from hsid.runtime import Runtime
+from hsid.core.config import Config
+from hsid.core.runtime import Runtime
 
 MakeClient = Callable[..., Awaitable[TestClient]]
 

@@ -11,8 +11,8 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
-from hsid.config import Config
-from hsid.pipeline.cameras import normalize_camera_id
+from hsid.cameras.registry import normalize_camera_id
+from hsid.core.config import Config
 from tests import seed
 from tests.pipeline.samples import jpeg
 from tests.pipeline.test_watcher import running_watcher

@@ -7,7 +7,7 @@ import json
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
-from hsid.keyspace import Keyspace
+from hsid.core.keyspace import Keyspace
 
 
 async def dead(redis: aioredis.Redis, keyspace: Keyspace, queue: str, count: int) -> None:

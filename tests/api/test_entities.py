@@ -12,9 +12,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from hsid.config import Config
-from hsid.queues import ReliableQueue
-from hsid.services.entities import EntityMatcher, Sighting
+from hsid.core.config import Config
+from hsid.core.queues import ReliableQueue
+from hsid.entities.matcher import EntityMatcher, Sighting
 from tests import seed
 from tests.support import eventually
 

@@ -7,8 +7,8 @@ from aiohttp.test_utils import TestClient
 
 from hsid.api.openapi import OPENAPI_DOCUMENT
 from hsid.api.server import build_app
-from hsid.config import Config
-from hsid.runtime import Runtime
+from hsid.core.config import Config
+from hsid.core.runtime import Runtime
 
 
 def registered_routes(app: web.Application) -> set[tuple[str, str]]:

@@ -88,7 +88,7 @@ async def test_prompt_bodies_are_validated(api_client: TestClient) -> None:
 async def test_a_measured_version_rolls_back_without_its_figures(
     api_client: TestClient, db: asyncpg.Pool,
 ) -> None:
-    from hsid.pipeline.prompts import record_evaluation
+    from hsid.analysis.prompts import record_evaluation
 
     await put(api_client, "Measured text.", 0)
     assert await record_evaluation(db, {"nemo.gguf": {"exact": 0.7}}) == 1

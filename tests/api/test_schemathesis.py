@@ -29,9 +29,9 @@ from schemathesis.core.failures import FailureGroup
 from schemathesis.schemas import APIOperation
 
 from hsid.api.server import build_app
-from hsid.config import Config, load_config
-from hsid.db import create_pool
-from hsid.runtime import Runtime
+from hsid.core.config import Config, load_config
+from hsid.core.db import create_pool
+from hsid.core.runtime import Runtime
 from tests import seed
 from tests.conftest import TABLES, free_port
 

@@ -6,7 +6,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
-from hsid.keyspace import Keyspace
+from hsid.core.keyspace import Keyspace
 from tests import seed
 from tests.api.conftest import MakeClient
 

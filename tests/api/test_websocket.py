@@ -12,9 +12,9 @@ from aiohttp.test_utils import TestClient
 
 from hsid.api.keys import RUNTIME
 from hsid.api.websocket import RELAYS, TOO_SLOW_CODE, Relay
-from hsid.constants import SECURITY_EVENTS_CHANNEL, SYSTEM_STATUS_CHANNEL
-from hsid.keyspace import Keyspace
-from hsid.services.status import StatusPublisher
+from hsid.core.constants import SECURITY_EVENTS_CHANNEL, SYSTEM_STATUS_CHANNEL
+from hsid.core.keyspace import Keyspace
+from hsid.upkeep.status import StatusPublisher
 from tests.api.conftest import MakeClient
 from tests.support import eventually
 

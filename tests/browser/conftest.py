@@ -20,8 +20,8 @@ from typing import Any, NoReturn
 
 import pytest
 
-from hsid.config import Config
-from hsid.db import create_pool
+from hsid.core.config import Config
+from hsid.core.db import create_pool
 from tests.conftest import _create_database, _database_url, _drop_database, free_port
 from tests.support import Daemon, http_json, wait_for
 

@@ -14,12 +14,12 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from hsid.config import Config
+from hsid.core.config import Config
+from hsid.core.keyspace import Keyspace
 from hsid.homeassistant.link import MqttLink
 from hsid.homeassistant.publisher import HomeAssistantPublisher
 from hsid.imaging.evidence import Evidence
-from hsid.keyspace import Keyspace
-from tests.services.receivers import MQTT_HOST, MQTT_PORT
+from tests.alerts.receivers import MQTT_HOST, MQTT_PORT
 
 BROKER_URL = f"mqtt://{MQTT_HOST}:{MQTT_PORT}"
 

@@ -3,7 +3,7 @@ device, on topics that stay inside the configured prefixes."""
 
 from __future__ import annotations
 
-from hsid.config import MqttConfig
+from hsid.core.config import MqttConfig
 from hsid.homeassistant.discovery import (
     Topics,
     camera_configs,

@@ -14,18 +14,18 @@ import aiomqtt
 import asyncpg
 import redis.asyncio as aioredis
 
-from hsid.config import Config, alert_settings
-from hsid.constants import SECURITY_EVENTS_CHANNEL, SYSTEM_STATUS_CHANNEL
+from hsid.alerts.channels import AlertChannels
+from hsid.core.config import Config, alert_settings
+from hsid.core.constants import SECURITY_EVENTS_CHANNEL, SYSTEM_STATUS_CHANNEL
+from hsid.core.keyspace import Keyspace
 from hsid.homeassistant.discovery import Topics
 from hsid.imaging.annotate import CLASS_COLOURS
-from hsid.keyspace import Keyspace
-from hsid.services.channels import AlertChannels
 from tests import seed
+from tests.alerts.receivers import MQTT_HOST, MQTT_PORT, needs_broker
 from tests.conftest import free_port
 from tests.homeassistant.conftest import BROKER_URL, Broker, StartPublisher
 from tests.homeassistant.ha_schema import problems
 from tests.imaging.pictures import decoded, detections_of_one_image, grey_jpeg, near
-from tests.services.receivers import MQTT_HOST, MQTT_PORT, needs_broker
 from tests.support import Daemon, eventually
 from tests.test_daemon import daemon_env
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hsid.errors import PermanentError
+from hsid.core.errors import PermanentError
 from hsid.imaging.annotate import CLASS_COLOURS, Box, annotate, class_colour, sample_picture
 from tests.imaging.pictures import decoded, grey_jpeg, is_grey, near
 

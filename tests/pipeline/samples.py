@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hsid.pipeline.assessment import BatchContext, DetectionContext
+from hsid.analysis.assessment import BatchContext, DetectionContext
 
 # Watcher timings short enough for tests, long enough to tell the rules apart.
 FAST_SETTLE = {"settle_seconds": 0.3, "jpeg_settle_seconds": 0.1, "stall_seconds": 1.0}

@@ -14,15 +14,15 @@ import pytest
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
-from hsid import metrics
-from hsid.config import Config
-from hsid.keyspace import Keyspace
+from hsid.analysis.assessment import time_of_day
+from hsid.analysis.llm import build_prompt
+from hsid.analysis.prompts import seed_default_prompt
+from hsid.cameras.zones import Zone, contains, zones_of_box
+from hsid.core import metrics
+from hsid.core.config import Config
+from hsid.core.keyspace import Keyspace
+from hsid.core.queues import ReliableQueue
 from hsid.pipeline.analyze_worker import LOCK_CAMERA_EVENTS, batch_context
-from hsid.pipeline.analyzer import build_prompt
-from hsid.pipeline.assessment import time_of_day
-from hsid.pipeline.prompts import seed_default_prompt
-from hsid.queues import ReliableQueue
-from hsid.services.zones import Zone, contains, zones_of_box
 from tests.conftest import running_analyzer
 from tests.support import eventually
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 
-from hsid.config import BatchConfig
-from hsid.keyspace import Keyspace
+from hsid.core.config import BatchConfig
+from hsid.core.keyspace import Keyspace
 from hsid.pipeline.batcher import Batcher, NewDetection
 
 CAR = "car"

@@ -17,18 +17,18 @@ import pytest
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
-from hsid.config import Config
-from hsid.keyspace import Keyspace
-from hsid.models.tiny_detector import write_tiny_detector
+from hsid.analysis.llm import RiskScorer
+from hsid.analysis.prompts import seed_default_prompt
+from hsid.core.config import Config
+from hsid.core.keyspace import Keyspace
+from hsid.core.queues import ReliableQueue
+from hsid.model_files.tiny_detector import write_tiny_detector
 from hsid.pipeline.analyze_worker import AnalyzeWorker
-from hsid.pipeline.analyzer import RiskScorer
 from hsid.pipeline.batcher import Batcher, BatchSweeper
 from hsid.pipeline.capture_time import CaptureClock, arrival_time, name_time
 from hsid.pipeline.detect_worker import DetectWorker
 from hsid.pipeline.detector import Detector
 from hsid.pipeline.exif import exif_date
-from hsid.pipeline.prompts import seed_default_prompt
-from hsid.queues import ReliableQueue
 from tests.pipeline.samples import jpeg, png, snapshot
 from tests.support import eventually
 

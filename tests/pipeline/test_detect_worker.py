@@ -17,14 +17,14 @@ import pytest
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
-from hsid import metrics
-from hsid.config import Config
-from hsid.keyspace import Keyspace
-from hsid.models.tiny_detector import write_tiny_detector
+from hsid.core import metrics
+from hsid.core.config import Config
+from hsid.core.keyspace import Keyspace
+from hsid.core.queues import ReliableQueue
+from hsid.model_files.tiny_detector import write_tiny_detector
 from hsid.pipeline.batcher import Batcher
 from hsid.pipeline.detect_worker import DetectWorker
 from hsid.pipeline.detector import DecodedImage, Detector, ObjectDetection
-from hsid.queues import ReliableQueue
 from tests.pipeline.samples import snapshot
 from tests.support import eventually
 

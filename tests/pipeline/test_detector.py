@@ -17,9 +17,9 @@ import pytest
 from onnx import TensorProto, helper
 from structlog.testing import capture_logs
 
-from hsid.config import DetectorConfig
-from hsid.errors import ConfigError, PermanentError
-from hsid.models.tiny_detector import write_tiny_detector
+from hsid.core.config import DetectorConfig
+from hsid.core.errors import ConfigError, PermanentError
+from hsid.model_files.tiny_detector import write_tiny_detector
 from hsid.pipeline.detector import (
     CPU_PROVIDER,
     Detector,

@@ -14,15 +14,15 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from hsid import metrics
-from hsid.config import Config
-from hsid.constants import ANALYSIS_QUEUE
-from hsid.keyspace import Keyspace
+from hsid.analysis.llm import RiskScorer
+from hsid.analysis.prompts import seed_default_prompt
+from hsid.core import metrics
+from hsid.core.config import Config
+from hsid.core.constants import ANALYSIS_QUEUE
+from hsid.core.keyspace import Keyspace
 from hsid.pipeline.analyze_worker import AnalyzeWorker
-from hsid.pipeline.analyzer import RiskScorer
 from hsid.pipeline.batcher import Batcher, BatchSweeper, NewDetection
 from hsid.pipeline.orphans import rebatch_orphans
-from hsid.pipeline.prompts import seed_default_prompt
 from hsid.pipeline.schedule import FairQueue
 from tests.support import eventually
 

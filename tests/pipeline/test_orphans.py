@@ -14,14 +14,14 @@ import pytest
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
-from hsid import constants
-from hsid.config import Config
-from hsid.keyspace import Keyspace
+from hsid.analysis.llm import RiskScorer
+from hsid.analysis.prompts import seed_default_prompt
+from hsid.core import constants
+from hsid.core.config import Config
+from hsid.core.keyspace import Keyspace
+from hsid.core.queues import ReliableQueue
 from hsid.pipeline.analyze_worker import AnalyzeWorker
-from hsid.pipeline.analyzer import RiskScorer
 from hsid.pipeline.batcher import Batcher, BatchSweeper, NewDetection
-from hsid.pipeline.prompts import seed_default_prompt
-from hsid.queues import ReliableQueue
 from tests.support import eventually
 
 CAMERA = "gate"

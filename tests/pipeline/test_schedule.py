@@ -8,11 +8,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from hsid.config import QueueConfig
-from hsid.constants import ANALYSIS_QUEUE
-from hsid.keyspace import Keyspace
+from hsid.core.config import QueueConfig
+from hsid.core.constants import ANALYSIS_QUEUE
+from hsid.core.keyspace import Keyspace
+from hsid.core.queues import ReliableQueue
 from hsid.pipeline.schedule import FairQueue
-from hsid.queues import ReliableQueue
 
 FAST = QueueConfig(max_attempts=3, max_length=10_000, retry_base_seconds=0.01)
 

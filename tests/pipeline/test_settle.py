@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hsid.config import WatcherConfig
+from hsid.core.config import WatcherConfig
 from hsid.pipeline.settle import (
     Completeness,
     Probe,

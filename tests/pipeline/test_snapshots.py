@@ -14,16 +14,16 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from hsid.config import Config
-from hsid.constants import DETECTION_QUEUE
-from hsid.keyspace import Keyspace
-from hsid.models.tiny_detector import write_tiny_detector
+from hsid.core.config import Config
+from hsid.core.constants import DETECTION_QUEUE
+from hsid.core.keyspace import Keyspace
+from hsid.core.queues import ReliableQueue
+from hsid.model_files.tiny_detector import write_tiny_detector
 from hsid.pipeline.batcher import Batcher
 from hsid.pipeline.detect_worker import DetectWorker
 from hsid.pipeline.detector import Detector
 from hsid.pipeline.snapshots import SNAPSHOTS_DIR, copy_path
 from hsid.pipeline.watcher import Watcher
-from hsid.queues import ReliableQueue
 from tests.pipeline.samples import FAST_SETTLE, snapshot
 from tests.support import eventually
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hsid.errors import InvalidInput
+from hsid.core.errors import InvalidInput
 from hsid.pipeline.detector import DecodedImage, ObjectDetection, decode
 from hsid.pipeline.state_files import write_atomically
 from hsid.pipeline.thumbnails import make_thumbnail, thumbnail_path

@@ -19,15 +19,15 @@ import pytest
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
-from hsid.config import Config, load_config
-from hsid.constants import DETECTION_QUEUE
-from hsid.db import create_pool
-from hsid.keyspace import Keyspace
-from hsid.metrics import REGISTRY
+from hsid.cameras.registry import camera_ids
+from hsid.core.config import Config, load_config
+from hsid.core.constants import DETECTION_QUEUE
+from hsid.core.db import create_pool
+from hsid.core.keyspace import Keyspace
+from hsid.core.metrics import REGISTRY
+from hsid.core.queues import ReliableQueue
 from hsid.pipeline import watcher as watcher_module
-from hsid.pipeline.cameras import camera_ids
 from hsid.pipeline.watcher import Watcher
-from hsid.queues import ReliableQueue
 from tests.pipeline.samples import FAST_SETTLE, jpeg
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}")

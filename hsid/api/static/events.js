@@ -220,7 +220,7 @@ export function eventsView(main, {params}, ctx) {
 // ---- one event ----------------------------------------------------------------------------
 
 /** The zones holding a box's bottom centre (where a person or car stands), as the daemon
- * decides it (hsid/services/zones.py). */
+ * decides it (hsid/cameras/zones.py). */
 function zonesOf(detection, zones, width, height) {
   const x = (detection.bbox_x + detection.bbox_width / 2) / Math.max(width, 1);
   const y = (detection.bbox_y + detection.bbox_height) / Math.max(height, 1);

@@ -1,0 +1,1 @@
+"""Alerts: rules, delivery and the channels an alert leaves by."""

@@ -1,0 +1,1 @@
+"""Risk analysis of a batch: the LLM, the fallback scorer, prompts, baselines, calibration."""

@@ -1,0 +1,1 @@
+"""Cameras: folders and their layout, the registry, zones and the tamper watch."""

@@ -1,0 +1,1 @@
+"""The `hsid` command line: one module per command."""

@@ -1,0 +1,1 @@
+"""The daemon: which stages run, how they are built and supervised."""

@@ -1,0 +1,1 @@
+"""Re-identification: appearance embeddings, the entity matcher, edits and what analysis learns."""

@@ -1,1 +1,0 @@
-"""Services beside the pipeline: health, cleanup, GPU monitor, system status."""

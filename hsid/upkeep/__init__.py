@@ -1,0 +1,1 @@
+"""Upkeep beside the pipeline: retention cleanup, GPU monitor, status publisher, log handler."""
