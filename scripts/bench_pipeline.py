@@ -38,12 +38,17 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
-import cv2
-import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import percentile, poll_until, throwaway_stores
+from benchlib import (
+    STEPS,
+    frame,
+    percentile,
+    poll_until,
+    stage_shares,
+    throwaway_stores,
+    wait_healthy,
+)
 
 from hsid.model_files.tiny_detector import write_tiny_detector
 from hsid.model_files.tiny_embedder import write_tiny_embedder
@@ -51,19 +56,11 @@ from hsid.model_files.tiny_llm import smollm2_path, write_tiny_gguf
 
 CAMERA = "bench"
 PORT = 18765
-STEPS = ("decode", "inference", "database", "llm", "embedding")
 REAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "real"
 REAL_EMBEDDER = REAL_DIR / "models" / "mobilenetv2_bottle_embed.onnx"
 REAL_DETECTOR = REAL_DIR / "models" / "yolov8n_rtdetr_iface.onnx"
 
 
-def frame(seed: int, person: bool) -> bytes:
-    rng = np.random.default_rng(seed)
-    small = rng.integers(60, 200, (45, 80, 3), dtype=np.uint8)
-    image = cv2.resize(small, (1280, 720), interpolation=cv2.INTER_CUBIC)
-    x = int(rng.integers(0, 1000))
-    image[200:600, x:x + 150] = (0, 0, 255) if person else (255, 0, 0)
-    return cv2.imencode(".jpg", image)[1].tobytes()
 
 
 def real_frames() -> list[bytes]:
@@ -100,20 +97,6 @@ async def collect_events(url: str, expected: int, seconds: float) -> dict[str, f
     return arrived
 
 
-async def stage_shares(base: str) -> dict[str, tuple[float, float]]:
-    """step -> (seconds in all, observations): images for decode and inference, embedded
-    detections for embedding."""
-    async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as response:
-        text = await response.text()
-    stats: dict[str, list[float]] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name == "hsid_stage_seconds":
-            for sample in family.samples:
-                step = sample.labels.get("step")
-                if step in STEPS and sample.name.endswith(("_sum", "_count")):
-                    index = 0 if sample.name.endswith("_sum") else 1
-                    stats.setdefault(step, [0.0, 0.0])[index] = sample.value
-    return {step: (values[0], values[1]) for step, values in stats.items()}
 
 
 async def measure(args: argparse.Namespace, work: Path, llm: Path | None,
@@ -232,17 +215,6 @@ async def wait_all_analysed(pool: asyncpg.Pool, images: int) -> None:
     await poll_until(done, interval=0.2)
 
 
-async def wait_healthy(base: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(600):
-            try:
-                async with session.get(f"{base}/api/system/health") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise SystemExit("daemon did not become healthy")
 
 
 async def wait_all_stored(pool: asyncpg.Pool, count: int) -> None:

@@ -10,16 +10,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import cv2
 import numpy as np
 import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
 
 from hsid.core.config import Config
 from hsid.core.db import apply_schema, create_pool
 
 PG_ADMIN_URL = os.environ.get("HSID_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("HSID_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+# The steps hsid_stage_seconds measures (hsid/core/metrics.py).
+STEPS = ("decode", "inference", "database", "llm", "embedding")
 
 
 @asynccontextmanager
@@ -111,3 +115,41 @@ def percentile(values: list[float], q: float) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, int(q) - 1))]
+
+
+def frame(seed: int, person: bool) -> bytes:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(60, 200, (45, 80, 3), dtype=np.uint8)
+    image = cv2.resize(small, (1280, 720), interpolation=cv2.INTER_CUBIC)
+    x = int(rng.integers(0, 1000))
+    image[200:600, x:x + 150] = (0, 0, 255) if person else (255, 0, 0)
+    return cv2.imencode(".jpg", image)[1].tobytes()
+
+
+async def wait_healthy(base: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(600):
+            try:
+                async with session.get(f"{base}/api/system/health") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise SystemExit("daemon did not become healthy")
+
+
+async def stage_shares(base: str) -> dict[str, tuple[float, float]]:
+    """step -> (seconds in all, observations): images for decode and inference, embedded
+    detections for embedding."""
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as response:
+        text = await response.text()
+    stats: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "hsid_stage_seconds":
+            for sample in family.samples:
+                step = sample.labels.get("step")
+                if step in STEPS and sample.name.endswith(("_sum", "_count")):
+                    index = 0 if sample.name.endswith("_sum") else 1
+                    stats.setdefault(step, [0.0, 0.0])[index] = sample.value
+    return {step: (values[0], values[1]) for step, values in stats.items()}
