@@ -2,11 +2,16 @@
 -- (shared/spec/data-model-reference.md), their indexes and constraints.
 --
 -- Conventions
---   * Applied by hsid.core.db.apply_schema at every start-up and by `hsid init-db`, in one
---     transaction under an advisory lock. It is idempotent: only CREATE TABLE IF NOT
---     EXISTS and CREATE INDEX IF NOT EXISTS, every constraint declared inside its
---     CREATE TABLE, no DROP, and no ALTER but ADD COLUMN IF NOT EXISTS for a column hsid
---     added later, so an older install gains it. Applying it twice changes nothing.
+--   * This file is the whole current schema: what a fresh database gets. An existing
+--     database is upgraded first by the numbered migrations in hsid/core/migrations/
+--     (recorded in schema_migrations), then this file runs again. Both happen in
+--     hsid.core.db.apply_schema at every start-up and in `hsid init-db`, under an
+--     advisory lock. This file is idempotent: only CREATE TABLE IF NOT EXISTS and CREATE
+--     INDEX IF NOT EXISTS, every constraint declared inside its CREATE TABLE, no DROP, no
+--     ALTER. A change to an existing table (a column, a type, a constraint) goes into
+--     its CREATE TABLE here AND into a new migration NNNN_name.sql, which brings the
+--     previous release's database to exactly this shape; a new table or index needs only
+--     this file, though a migration may carry it too.
 --   * Column names, nullability and defaults are the reference's, exactly. Types:
 --     STRING(n) -> varchar(n), STRING -> varchar, INTEGER -> integer, FLOAT -> double
 --     precision, DATETIME -> timestamptz (PostgreSQL keeps UTC; hsid writes UTC),
@@ -75,8 +80,7 @@ CREATE INDEX IF NOT EXISTS idx_detections_object_type ON detections (object_type
 -- hsid's extension: captured_at is when the snapshot was taken (EXIF, its name, else its
 -- mtime; hsid/pipeline/capture_time.py), NULL for rows stored before hsid read it.
 -- detected_at stays the processing time, as the reference says. Installs older than the
--- column gain it here.
-ALTER TABLE detections ADD COLUMN IF NOT EXISTS captured_at timestamptz;
+-- column gain it in migration 0001.
 -- hsid: baselines and events reason about when a detection happened: its capture time, else
 -- its detection time.
 CREATE INDEX IF NOT EXISTS idx_detections_camera_happened
@@ -247,8 +251,8 @@ CREATE INDEX IF NOT EXISTS idx_alert_rules_enabled ON alert_rules (enabled);
 CREATE INDEX IF NOT EXISTS idx_alert_rules_severity ON alert_rules (severity);
 -- hsid's extension: skip_trusted_entities = true makes the rule pass over an event whose
 -- every person and vehicle is a trusted entity (the reference: "trusted entities may skip
--- alerts"); false alerts for them too (alerts/rules.py). Older installs gain it here.
-ALTER TABLE alert_rules ADD COLUMN IF NOT EXISTS skip_trusted_entities boolean NOT NULL DEFAULT true;
+-- alerts"); false alerts for them too (alerts/rules.py). Older installs gain it in
+-- migration 0001.
 
 
 -- alerts: notifications raised for an event by a rule, with their delivery state.

@@ -5,7 +5,8 @@
 
 The worker's figure covers the whole job: read, decode, resize, inference, database insert,
 thumbnails, publish and batching, with the real PostgreSQL and Redis. The bare figure is
-session.run alone on tensors prepared beforehand. Both run in this process, one after the
+session.run alone on tensors prepared beforehand, on the providers the worker's detector
+opened (a GPU's, where there is one). Both run in this process, one after the
 other, so their ratio is comparable on a noisy machine. Without --model, a random-weight
 RT-DETRv2 R18 is exported when torch and transformers are installed, else the tiny model.
 """
@@ -44,7 +45,7 @@ def bare_rate(detector: Detector, model: Path, images: list[Path], batch: int,
     """Images per second of session.run alone, tensors prepared outside the timing."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(model), options, providers=detector.providers)
     decoded = [decode(p.read_bytes(), 10**9) for p in images]
     feeds = []
     for start in range(0, len(decoded), batch):
@@ -102,6 +103,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", type=Path)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--engines", type=Path, help="TensorRT engine cache (default: fresh)")
     args = parser.parse_args()
     configure_logging("warning")
     work = Path(tempfile.mkdtemp(prefix="hsid-bench-"))
@@ -116,7 +118,7 @@ def main() -> None:
                      "threads": args.threads, "confidence": 0.5},
         "batch": {"fast_path_enabled": False},
     })
-    detector = Detector(config.detector, work / "engines")
+    detector = Detector(config.detector, args.engines or work / "engines")
     detector.load()
     print(f"model       {model.name} ({detector.interface}, {detector.provider})")
     print(f"images      {len(images)} x 1920x1080 JPEG, batch {args.batch_size}, "

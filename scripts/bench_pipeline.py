@@ -270,6 +270,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--rate", type=float, default=4.0, help="uploads per second")
     parser.add_argument("--llm", choices=("smollm2", "tiny", "none"), default="smollm2")
+    parser.add_argument("--gguf", type=Path, help="this GGUF as the analyzer (overrides --llm)")
     parser.add_argument("--embedder", choices=("tiny", "real", "none"), default="tiny")
     parser.add_argument("--real-frames", action="store_true",
                         help="real CCTV frames through the real detector (../shared/real)")
@@ -279,6 +280,8 @@ def main() -> None:
            "none": lambda: None}[args.llm]()
     if args.llm == "smollm2" and llm is None:
         llm = write_tiny_gguf(work / "tiny.gguf")
+    if args.gguf is not None:
+        llm = args.gguf
     if args.scenario == "walk-past":
         asyncio.run(walk_past(work, llm))
         return

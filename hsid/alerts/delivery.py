@@ -6,7 +6,7 @@ holds one entry per channel; "delivery_final" and "next_attempt_at" sit at the t
 due-alert query filters in SQL, and alerts waiting for a retry or failed never crowd out due ones.
 
 One process of a scaled-out install delivers, the one holding lock:notify, so an alert goes out
-once, not once per process. The lock is re-taken every LOCK_LEASE_SECONDS: a process that lost
+once, not once per process. The lock is re-taken every duty.LEASE_SECONDS: a process that lost
 it in a Redis outage (and another took over) stops delivering within a lease.
 
 Retries are decided in one place (`_attempt`), by exception type: a TransientError (timeout,
@@ -21,7 +21,6 @@ Delivery is at least once: a crash between sending and writing back sends that c
 from __future__ import annotations
 
 import asyncio
-import time as clock
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,10 +34,9 @@ import structlog
 from hsid.alerts.channels import AlertChannels, alert_data
 from hsid.core import metrics
 from hsid.core.config import ALERT_CHANNELS, AlertsConfig
+from hsid.core.duty import Lock, run_duty
 from hsid.core.errors import STORE_ERRORS, PermanentError, TransientError
 from hsid.core.keyspace import Keyspace
-from hsid.core.locks import singleton_lock
-from hsid.core.runtime import pause
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +44,6 @@ NOTIFY_DUTY = "notify"  # lock:notify: one process of a scaled-out install deliv
 MAX_ALERTS_PER_POLL = 100
 MAX_CONCURRENT_SENDS = 8  # so one slow webhook doesn't hold the other alerts up
 STANDBY_POLLS = 5  # a process without the lock tries again after this many poll intervals
-LOCK_LEASE_SECONDS = 60.0
 MAX_RETRY_DELAY_SECONDS = 86_400.0  # caps the doubling, so a large max_attempts cannot overflow
 WRITE_BACK_TIMEOUT_SECONDS = 10.0
 FINAL_STATES = ("delivered", "failed")  # a channel's other state is "retrying"
@@ -132,36 +129,12 @@ class AlertDelivery:
         self._stopping = stopping
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
         self._channels: AlertChannels | None = None
-        self._holding: bool | None = None
-        self._store_failing = False
 
     async def run(self) -> None:
         async with self._make_channels() as self._channels:
-            while not self._stopping.is_set():
-                try:
-                    async with singleton_lock(self._redis, self._keyspace, NOTIFY_DUTY) as held:
-                        if held != self._holding:
-                            log.info("notifier_active" if held else "notifier_standby")
-                        self._holding = held
-                        if held:
-                            await self._deliver_for(LOCK_LEASE_SECONDS)
-                            continue
-                except STORE_ERRORS as err:
-                    self._note_store(err)
-                await self._wait(self._config.poll_seconds * STANDBY_POLLS)
-
-    async def _deliver_for(self, seconds: float) -> None:
-        """Poll and deliver until `seconds` have passed or stopping is set."""
-        until = clock.monotonic() + seconds
-        while clock.monotonic() < until:
-            try:
-                await self._deliver_due()
-            except STORE_ERRORS as err:
-                self._note_store(err)
-            else:
-                self._note_store(None)
-            if await self._wait(self._config.poll_seconds):
-                return
+            await run_duty(NOTIFY_DUTY, self._deliver_due, self._config.poll_seconds,
+                           self._stopping, lock=Lock(self._redis, self._keyspace),
+                           standby=self._config.poll_seconds * STANDBY_POLLS)
 
     async def _deliver_due(self) -> None:
         """One poll: the due channels of up to MAX_ALERTS_PER_POLL alerts, all at once."""
@@ -233,15 +206,3 @@ class AlertDelivery:
         log.warning("alert_delivery_failed", alert_id=str(alert.id), channel=channel, state=state,
                     attempts=entry["attempts"], error=entry["last_error"],
                     next_attempt_at=entry["next_attempt_at"])
-
-    async def _wait(self, seconds: float) -> bool:
-        """Sleep `seconds` or until stopping is set; True when stopping."""
-        return await pause(self._stopping, seconds)
-
-    def _note_store(self, err: BaseException | None) -> None:
-        """One warning per store outage (None: the stores answered), not one per poll."""
-        if err is not None and not self._store_failing:
-            log.warning("notify_store_unavailable", error=str(err) or type(err).__name__)
-        elif err is None and self._store_failing:
-            log.info("notify_store_available")
-        self._store_failing = err is not None

@@ -33,10 +33,8 @@ import redis.asyncio as aioredis
 import structlog
 
 from hsid.core.config import BaselinesConfig, SiteConfig, site_zone
-from hsid.core.errors import STORE_ERRORS
+from hsid.core.duty import Lock, run_duty
 from hsid.core.keyspace import Keyspace
-from hsid.core.locks import singleton_lock
-from hsid.core.runtime import pause
 
 log = structlog.get_logger(__name__)
 
@@ -216,13 +214,10 @@ class BaselineService:
         self._stopping = stopping
 
     async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                async with singleton_lock(self._redis, self._keyspace, BASELINES_DUTY) as held:
-                    if held and (taken := await update_baselines(
-                            self._pool, self._config, datetime.now(UTC), self._zone)):
-                        log.info("baselines_updated", camera_hours=taken)
-            except STORE_ERRORS as err:
-                log.warning("baselines_not_updated", error=str(err) or type(err).__name__)
-            await pause(self._stopping, CHECK_SECONDS)
+        await run_duty(BASELINES_DUTY, self._update, CHECK_SECONDS, self._stopping,
+                       lock=Lock(self._redis, self._keyspace))
 
+    async def _update(self) -> None:
+        if taken := await update_baselines(self._pool, self._config, datetime.now(UTC),
+                                           self._zone):
+            log.info("baselines_updated", camera_hours=taken)

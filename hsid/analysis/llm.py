@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -197,6 +198,93 @@ def default_llm_threads(configured: int) -> int:
     return max(1, cores - cores // 2)
 
 
+NO_GPU_OFFLOAD = "the installed llama-cpp-python is a CPU-only build (no GPU offload)"
+CUDA_BUILD = ('CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir '
+              "llama-cpp-python")
+
+
+def gpu_offload_supported() -> bool:
+    """Whether the installed llama-cpp-python can put layers on a GPU (a CUDA, Metal,
+    Vulkan... build that sees a device); False when llama_cpp does not import."""
+    try:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_supports_gpu_offload())
+    except Exception:  # a broken or missing build: then it offloads nothing
+        return False
+
+
+def block_count(metadata: Mapping[str, Any]) -> int | None:
+    """The model's transformer layers from GGUF metadata (`<architecture>.block_count`);
+    None when the file does not say."""
+    arch = metadata.get("general.architecture")
+    value = metadata.get(f"{arch}.block_count") if arch else None
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def offloaded_layers(n_gpu_layers: int, layers: int | None, gpu: bool) -> int | None:
+    """How many of the model's layers llama.cpp puts on the GPU: n_gpu_layers (-1: all),
+    at most the model's `layers`; 0 without GPU offload; None when `layers` is unknown
+    and n_gpu_layers asks for all."""
+    if not gpu or n_gpu_layers == 0:
+        return 0
+    if layers is None:
+        return None if n_gpu_layers < 0 else n_gpu_layers
+    return layers if n_gpu_layers < 0 else min(n_gpu_layers, layers)
+
+
+def gguf_metadata(path: Path) -> dict[str, Any]:
+    """A GGUF file's scalar and string metadata, read without loading the model ({} when
+    it cannot be read); for `hsid check`."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception:  # not a GGUF, truncated, unreadable: the model check says so
+        return {}
+    found: dict[str, Any] = {}
+    for name, field in reader.fields.items():
+        if len(field.data) != 1:
+            continue  # arrays (the vocabulary...) are not wanted
+        part = field.parts[field.data[0]]
+        if field.types and field.types[0] == gguf.GGUFValueType.STRING:
+            found[name] = bytes(part).decode("utf-8", errors="replace")
+        elif len(part) == 1:
+            found[name] = part[0].item()
+    return found
+
+
+def describe_offload(config: AnalyzerConfig, gpu: bool, gpu_visible: bool,
+                     layers: int | None) -> str:
+    """Where the analyzer's layers go and why, in one line, for `hsid check`. `gpu`: the
+    installed llama-cpp-python can offload; `layers`: the model's block count."""
+    if not gpu:
+        if not gpu_visible:
+            return ("llama-cpp-python cannot offload (no NVIDIA GPU visible): "
+                    "the LLM runs on the CPU")
+        return (f"{NO_GPU_OFFLOAD}: the LLM runs on the CPU although a GPU is visible; "
+                f"for the GPU rebuild it: {CUDA_BUILD}")
+    setting = f"analyzer.n_gpu_layers = {config.n_gpu_layers}"
+    if not config.model:
+        return f"llama-cpp-python can offload to the GPU ({setting}; no analyzer model)"
+    offloaded = offloaded_layers(config.n_gpu_layers, layers, gpu)
+    if offloaded == 0:
+        return f"llama-cpp-python can offload to the GPU, but {setting}: the LLM runs on the CPU"
+    count = "all" if offloaded is None else str(offloaded)
+    of = f" of {layers}" if layers is not None else ""
+    return (f"llama-cpp-python can offload to the GPU; {setting}: {count}{of} layers of "
+            f"{Path(config.model).name} on the GPU")
+
+
+def _gpu_visible() -> bool:
+    from hsid.core.nvml import gpu_names
+
+    return bool(gpu_names())
+
+
 class LlmAnalyzer:
     """One llama.cpp model, loaded once, generating one assessment at a time.
 
@@ -227,7 +315,7 @@ class LlmAnalyzer:
         try:
             import llama_cpp  # here, so a broken llama.cpp build degrades to rules, not a crash
 
-            gpu = bool(llama_cpp.llama_supports_gpu_offload())
+            gpu = gpu_offload_supported()
             threads = default_llm_threads(self._config.threads)
             llm = llama_cpp.Llama(
                 model_path=str(path),
@@ -241,8 +329,14 @@ class LlmAnalyzer:
         except Exception as err:  # llama.cpp, its bindings and Jinja raise many types here
             raise Unavailable(f"analyzer model {path.name} failed to load: {err}") from err
         self._llm, self._chat = llm, chat
-        log.info("analyzer_model_loaded", model=path.name, gpu_offload=gpu, threads=threads,
-                 n_ctx=self._config.n_ctx, chat_template=self._chat is not None)
+        layers = block_count(llm.metadata)
+        offloaded = offloaded_layers(self._config.n_gpu_layers, layers, gpu)
+        log.info("analyzer_model_loaded", model=path.name, gpu_offload=gpu,
+                 gpu_layers=offloaded, layers=layers, n_gpu_layers=self._config.n_gpu_layers,
+                 threads=threads, n_ctx=self._config.n_ctx, chat_template=self._chat is not None)
+        if not gpu and self._config.n_gpu_layers != 0 and _gpu_visible():
+            log.warning("analyzer_gpu_unavailable", reason=NO_GPU_OFFLOAD,
+                        hint=f"rebuild it: {CUDA_BUILD}")
 
     def close(self) -> None:
         """Free the model's memory; the analyzer is unloaded afterwards. Idempotent."""

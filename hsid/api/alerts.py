@@ -2,18 +2,42 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
 import asyncpg
 
-from hsid.api.alert_rules import SEVERITIES
-from hsid.api.fields import Int, Shape, Str, Uuid, out
-from hsid.api.queries import Listing, fetch_one, fetch_page, page_of, paged
+from hsid.api.alert_rules import Severity
+from hsid.api.fields import Field, Int, Shape, Uuid, columns, params
+from hsid.api.queries import Listing, Page, Paged, fetch_one, fetch_page
 from hsid.api.routing import ApiRoutes, Audit, Call
 from hsid.core.errors import Conflict, NotFound
 
-ALERT_COLUMNS = (
-    "id, event_id, rule_id, severity, status, created_at, updated_at, delivered_at, channels, "
-    "dedup_key, metadata"
-)
+STATUSES = ("pending", "delivered", "acknowledged", "dismissed")
+Status = Literal[STATUSES]
+
+
+class Alert(Shape):
+    id: UUID
+    event_id: int
+    rule_id: UUID | None
+    severity: Severity
+    status: Status
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None
+    channels: Any
+    dedup_key: str
+    metadata: Any
+
+
+AlertPath = params(alert_id=(Uuid, Field(description="alert id")))
+AlertQuery = params(Paged, status=(Status, None), severity=(Severity, None),
+                           event_id=(Int(ge=1), None), rule_id=(Uuid, None))
+
+
+ALERT_COLUMNS = columns(Alert)
 SELECT_ALERT = "SELECT " + ALERT_COLUMNS + " FROM alerts WHERE id = $1"
 # One statement decides and writes, so a concurrent change cannot slip in between: the
 # row comes back only if its status allowed the move ($3), `found` tells 404 from 409.
@@ -39,24 +63,9 @@ LIST_ALERTS = Listing(
     },
 )
 
-STATUSES = ("pending", "delivered", "acknowledged", "dismissed")
 # Repeating an action is harmless; only acknowledging a dismissed alert is a conflict.
 ACKNOWLEDGE_FROM = ("pending", "delivered", "acknowledged")
 DISMISS_FROM = STATUSES
-ALERT_PATH = {"alert_id": Uuid(description="alert id")}
-ALERT = Shape({
-    "id": out("string", format="uuid"),
-    "event_id": out("integer"),
-    "rule_id": out("string", nullable=True, format="uuid"),
-    "severity": out("string", enum=list(SEVERITIES)),
-    "status": out("string", enum=list(STATUSES)),
-    "created_at": out("string", format="date-time"),
-    "updated_at": out("string", format="date-time"),
-    "delivered_at": out("string", nullable=True, format="date-time"),
-    "channels": out(None),
-    "dedup_key": out("string"),
-    "metadata": out(None),
-})
 
 api = ApiRoutes("alerts")
 
@@ -68,33 +77,27 @@ async def _transition(call: Call, status: str, allowed_from: tuple[str, ...]) ->
         raise NotFound("alert not found")
     if row["id"] is None:
         raise Conflict(f"an alert that is {row['found']} cannot become {status}")
-    return {name: row[name] for name in ALERT.properties}
+    return {name: row[name] for name in Alert.model_fields}
 
 
-@api.get(
-    "/api/alerts", "List alerts, newest first", response=page_of(ALERT),
-    query=paged({
-        "status": Str(enum=STATUSES), "severity": Str(enum=SEVERITIES),
-        "event_id": Int(minimum=1), "rule_id": Uuid(),
-    }),
-)
+@api.get("/api/alerts", "List alerts, newest first", response=Page[Alert], query=AlertQuery)
 async def list_alerts(call: Call) -> dict:
     return await fetch_page(call.pool, LIST_ALERTS, call.query)
 
 
-@api.get("/api/alerts/{alert_id}", "Get an alert", path_params=ALERT_PATH, response=ALERT)
+@api.get("/api/alerts/{alert_id}", "Get an alert", path_params=AlertPath, response=Alert)
 async def get_alert(call: Call) -> asyncpg.Record:
     return await fetch_one(call.pool, SELECT_ALERT, call.path["alert_id"], what="alert")
 
 
 @api.post("/api/alerts/{alert_id}/acknowledge", "Acknowledge an alert",
-          path_params=ALERT_PATH, response=ALERT,
+          path_params=AlertPath, response=Alert,
           audit=Audit("alert_acknowledged", "alert", "alert_id"))
 async def acknowledge_alert(call: Call) -> dict:
     return await _transition(call, "acknowledged", ACKNOWLEDGE_FROM)
 
 
-@api.post("/api/alerts/{alert_id}/dismiss", "Dismiss an alert", path_params=ALERT_PATH,
-          response=ALERT, audit=Audit("alert_dismissed", "alert", "alert_id"))
+@api.post("/api/alerts/{alert_id}/dismiss", "Dismiss an alert", path_params=AlertPath,
+          response=Alert, audit=Audit("alert_dismissed", "alert", "alert_id"))
 async def dismiss_alert(call: Call) -> dict:
     return await _transition(call, "dismissed", DISMISS_FROM)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any, Literal
+
 import asyncpg
 import structlog
 from aiohttp import web
 
-from hsid.api.fields import Shape, Str, out
+from hsid.api.fields import Shape, Str, Text, columns, params
 from hsid.api.keys import ACTOR_KEY, ANONYMOUS, RUNTIME
 from hsid.api.middleware import ERROR_KEY, REQUEST_ID_KEY, Handler
-from hsid.api.queries import TIME_RANGE, Listing, fetch_page, page_of, paged
+from hsid.api.queries import Listing, Page, TimeRange, fetch_page
 from hsid.api.routing import AUDIT_NOTE_KEY, ApiRoute, ApiRoutes, AuditNote, Call, route_spec
 from hsid.core.errors import Unavailable
 
@@ -23,10 +26,28 @@ INSERT INTO audit_logs (action, resource_type, resource_id, actor, ip_address, u
                         details, status)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 """
-AUDIT_COLUMNS = (
-    'id, "timestamp", action, resource_type, resource_id, actor, ip_address, user_agent, '
-    "details, status"
-)
+Outcome = Literal["success", "failure"]
+
+
+class AuditEntry(Shape):
+    id: int
+    timestamp: datetime
+    action: str
+    resource_type: str
+    resource_id: str | None
+    actor: str
+    ip_address: str | None
+    user_agent: str | None
+    details: Any
+    status: Outcome
+
+
+AuditQuery = params(TimeRange, action=(Text(50), None), resource_type=(Text(50), None),
+                               resource_id=(Str, None), actor=(Text(100), None),
+                               status=(Outcome, None))
+
+
+AUDIT_COLUMNS = columns(AuditEntry, sql={"timestamp": '"timestamp"'})
 LIST_AUDIT = Listing(
     select="SELECT " + AUDIT_COLUMNS + ' FROM audit_logs {where} ORDER BY "timestamp" DESC, '
            "id DESC LIMIT {limit} OFFSET {offset}",
@@ -42,30 +63,11 @@ LIST_AUDIT = Listing(
     },
 )
 
-AUDIT_ENTRY = Shape({
-    "id": out("integer"),
-    "timestamp": out("string", format="date-time"),
-    "action": out("string"),
-    "resource_type": out("string"),
-    "resource_id": out("string", nullable=True),
-    "actor": out("string"),
-    "ip_address": out("string", nullable=True),
-    "user_agent": out("string", nullable=True),
-    "details": out(None),
-    "status": out("string", enum=["success", "failure"]),
-})
-
 api = ApiRoutes("audit")
 
 
-@api.get(
-    "/api/audit", "List audit log entries, newest first", response=page_of(AUDIT_ENTRY),
-    query=paged({
-        "action": Str(max_length=50), "resource_type": Str(max_length=50),
-        "resource_id": Str(), "actor": Str(max_length=100),
-        "status": Str(enum=("success", "failure")), **TIME_RANGE,
-    }),
-)
+@api.get("/api/audit", "List audit log entries, newest first", response=Page[AuditEntry],
+         query=AuditQuery)
 async def list_audit(call: Call) -> dict:
     return await fetch_page(call.pool, LIST_AUDIT, call.query)
 

@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 import asyncpg
 
-from hsid.api.cameras import CAMERA_PATH, require_camera
-from hsid.api.fields import Body, Field, Int, Obj, Shape, Str, out
-from hsid.api.queries import Listing, fetch_one, fetch_page, page_of, paged, update_one
+from hsid.api.cameras import CameraPath, require_camera
+from hsid.api.fields import Body, Field, Int, Obj, Shape, Text, columns, params, partial
+from hsid.api.queries import Listing, Page, Paged, fetch_one, fetch_page, update_one
 from hsid.api.routing import ApiRoutes, Audit, Call
 
-CALIBRATION_COLUMNS = "id, camera_id, calibration_type, calibration_data, created_at, updated_at"
+
+class Calibration(Shape):
+    id: int
+    camera_id: str
+    calibration_type: str
+    calibration_data: Any
+    created_at: datetime
+    updated_at: datetime
+
+
+class CalibrationBody(Body):
+    calibration_type: Text(50, min_length=1)
+    calibration_data: Obj
+
+
+CalibrationPatch = partial(CalibrationBody)
+CalibrationPath = params(CameraPath,
+                         calibration_id=(Int(ge=1), Field(description="calibration id")))
+
+CalibrationQuery = params(Paged, calibration_type=(Text(50), None))
+
+
+CALIBRATION_COLUMNS = columns(Calibration)
 SELECT_CALIBRATION = (
     "SELECT " + CALIBRATION_COLUMNS + " FROM user_calibrations WHERE id = $1 AND camera_id = $2"
 )
@@ -31,33 +56,19 @@ LIST_CALIBRATIONS = Listing(
     filters={"camera_id": "camera_id = {}", "calibration_type": "calibration_type = {}"},
 )
 
-CALIBRATION_PATH = {**CAMERA_PATH, "calibration_id": Int(minimum=1, description="calibration id")}
-FIELDS: dict[str, Field] = {
-    "calibration_type": Str(min_length=1, max_length=50, required=True),
-    "calibration_data": Obj(required=True),
-}
-CALIBRATION = Shape({
-    "id": out("integer"),
-    "camera_id": out("string"),
-    "calibration_type": out("string"),
-    "calibration_data": out(None),
-    "created_at": out("string", format="date-time"),
-    "updated_at": out("string", format="date-time"),
-})
-
 api = ApiRoutes("calibrations")
 
 
 @api.get("/api/cameras/{camera_id}/calibrations", "List a camera's calibrations",
-         path_params=CAMERA_PATH, query=paged({"calibration_type": Str(max_length=50)}),
-         response=page_of(CALIBRATION))
+         path_params=CameraPath, query=CalibrationQuery, response=Page[Calibration])
 async def list_calibrations(call: Call) -> dict:
     await require_camera(call.pool, call.path["camera_id"])
     return await fetch_page(call.pool, LIST_CALIBRATIONS, {**call.query, **call.path})
 
 
 @api.post("/api/cameras/{camera_id}/calibrations", "Add a calibration to a camera",
-          path_params=CAMERA_PATH, body=Body(FIELDS), status=201, response=CALIBRATION,
+          path_params=CameraPath, body=CalibrationBody, status=201,
+          response=Calibration,
           audit=Audit("calibration_created", "calibration"))
 async def create_calibration(call: Call) -> asyncpg.Record:
     await require_camera(call.pool, call.path["camera_id"])
@@ -68,14 +79,14 @@ async def create_calibration(call: Call) -> asyncpg.Record:
 
 
 @api.get("/api/cameras/{camera_id}/calibrations/{calibration_id}", "Get a calibration",
-         path_params=CALIBRATION_PATH, response=CALIBRATION)
+         path_params=CalibrationPath, response=Calibration)
 async def get_calibration(call: Call) -> asyncpg.Record:
     return await fetch_one(call.pool, SELECT_CALIBRATION, call.path["calibration_id"],
                            call.path["camera_id"], what="calibration")
 
 
 @api.patch("/api/cameras/{camera_id}/calibrations/{calibration_id}", "Change a calibration",
-           path_params=CALIBRATION_PATH, body=Body(FIELDS, partial=True), response=CALIBRATION,
+           path_params=CalibrationPath, body=CalibrationPatch, response=Calibration,
            audit=Audit("calibration_updated", "calibration", "calibration_id"))
 async def update_calibration(call: Call) -> asyncpg.Record:
     return await update_one(call.pool, UPDATE_CALIBRATION, call.body,
@@ -84,7 +95,7 @@ async def update_calibration(call: Call) -> asyncpg.Record:
 
 
 @api.delete("/api/cameras/{camera_id}/calibrations/{calibration_id}", "Delete a calibration",
-            path_params=CALIBRATION_PATH, status=204,
+            path_params=CalibrationPath, status=204,
             audit=Audit("calibration_deleted", "calibration", "calibration_id"))
 async def delete_calibration(call: Call) -> None:
     await fetch_one(call.pool, DELETE_CALIBRATION, call.path["calibration_id"],

@@ -3,19 +3,51 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 import asyncpg
 from aiohttp import web
 
 from hsid.api import files
-from hsid.api.fields import Body, Field, Shape, Str, out, pick
-from hsid.api.queries import Listing, fetch_one, fetch_page, page_of, paged, update_one
+from hsid.api.fields import Body, Field, Shape, Text, columns, params, partial
+from hsid.api.queries import Listing, Page, Paged, fetch_one, fetch_page, update_one
 from hsid.api.routing import ApiRoutes, Audit, Call
 from hsid.cameras.registry import normalize_camera_id
 from hsid.core.errors import Conflict, InvalidInput, NotFound
 
-CAMERA_COLUMNS = "id, name, folder_path, status, created_at, last_seen_at"
+STATUSES = ("online", "offline", "error")
+Status = Literal[STATUSES]
+
+
+class Camera(Shape):
+    id: str
+    name: str
+    folder_path: str
+    status: Status
+    created_at: datetime
+    last_seen_at: datetime | None
+
+
+class CameraBody(Body):
+    id: Text(64, pattern="[a-z0-9_-]{1,64}") = Field(
+        None, description="lower-case letters, digits, _ and - (default: the ASCII slug of "
+                          "the folder name, or of the name; see README, Cameras)")
+    name: Text(min_length=1)
+    folder_path: Text(1024, min_length=1) = Field(
+        None, description="folder directly inside the camera root (name or path); "
+                          "default: the camera root's folder named like the id")
+    status: Status = "online"
+
+
+CameraPatch = partial(CameraBody, "name", "status")
+CameraPath = params(camera_id=(Text(64), Field(description="camera id")))
+
+CameraQuery = params(Paged, status=(Status, None))
+
+
+CAMERA_COLUMNS = columns(Camera)
 SELECT_CAMERA = "SELECT " + CAMERA_COLUMNS + " FROM cameras WHERE id = $1"
 CAMERA_EXISTS = "SELECT EXISTS (SELECT 1 FROM cameras WHERE id = $1)"
 SELECT_FOLDER_CAMERA = "SELECT id FROM cameras WHERE folder_path = $1 ORDER BY created_at LIMIT 1"
@@ -38,28 +70,6 @@ LIST_CAMERAS = Listing(
     filters={"status": "status = {}"},
 )
 
-STATUSES = ("online", "offline", "error")
-CAMERA_ID = Str(pattern="[a-z0-9_-]{1,64}", max_length=64,
-                description="lower-case letters, digits, _ and - (default: the ASCII slug of "
-                            "the folder name, or of the name; see README, Cameras)")
-CAMERA_PATH = {"camera_id": Str(max_length=64, description="camera id")}
-FIELDS: dict[str, Field] = {
-    "id": CAMERA_ID,
-    "name": Str(min_length=1, required=True),
-    "folder_path": Str(min_length=1, max_length=1024,
-                       description="folder directly inside the camera root (name or path); "
-                                   "default: the camera root's folder named like the id"),
-    "status": Str(enum=STATUSES, default="online"),
-}
-CAMERA = Shape({
-    "id": out("string"),
-    "name": out("string"),
-    "folder_path": out("string"),
-    "status": out("string", enum=list(STATUSES)),
-    "created_at": out("string", format="date-time"),
-    "last_seen_at": out("string", nullable=True, format="date-time"),
-})
-
 api = ApiRoutes("cameras")
 
 
@@ -81,13 +91,12 @@ def camera_folder(camera_root: Path, given: str | None, camera_id: str) -> str:
     return folder
 
 
-@api.get("/api/cameras", "List cameras", query=paged({"status": Str(enum=STATUSES)}),
-         response=page_of(CAMERA))
+@api.get("/api/cameras", "List cameras", query=CameraQuery, response=Page[Camera])
 async def list_cameras(call: Call) -> dict:
     return await fetch_page(call.pool, LIST_CAMERAS, call.query)
 
 
-@api.post("/api/cameras", "Register a camera", body=Body(FIELDS), status=201, response=CAMERA,
+@api.post("/api/cameras", "Register a camera", body=CameraBody, status=201, response=Camera,
           audit=Audit("camera_created", "camera"))
 async def create_camera(call: Call) -> asyncpg.Record:
     """The watcher takes the images of `folder_path` for this camera, under this id. One
@@ -104,28 +113,28 @@ async def create_camera(call: Call) -> asyncpg.Record:
                                     body["status"])
 
 
-@api.get("/api/cameras/{camera_id}", "Get a camera", path_params=CAMERA_PATH, response=CAMERA)
+@api.get("/api/cameras/{camera_id}", "Get a camera", path_params=CameraPath, response=Camera)
 async def get_camera(call: Call) -> asyncpg.Record:
     return await fetch_one(call.pool, SELECT_CAMERA, call.path["camera_id"], what="camera")
 
 
 @api.patch("/api/cameras/{camera_id}", "Rename a camera or set its status",
-           path_params=CAMERA_PATH, body=Body(pick(FIELDS, "name", "status"), partial=True),
-           response=CAMERA, audit=Audit("camera_updated", "camera", "camera_id"))
+           path_params=CameraPath, body=CameraPatch, response=Camera,
+           audit=Audit("camera_updated", "camera", "camera_id"))
 async def update_camera(call: Call) -> asyncpg.Record:
     return await update_one(call.pool, UPDATE_CAMERA, call.body, call.path["camera_id"],
                             what="camera")
 
 
 @api.delete("/api/cameras/{camera_id}", "Delete a camera and everything recorded for it",
-            path_params=CAMERA_PATH, status=204,
+            path_params=CameraPath, status=204,
             audit=Audit("camera_deleted", "camera", "camera_id"))
 async def delete_camera(call: Call) -> None:
     await fetch_one(call.pool, DELETE_CAMERA, call.path["camera_id"], what="camera")
 
 
 @api.get("/api/cameras/{camera_id}/snapshot", "The camera's latest image",
-         path_params=CAMERA_PATH, media_types=files.IMAGE_MEDIA_TYPES)
+         path_params=CameraPath, media_types=files.IMAGE_MEDIA_TYPES)
 async def get_snapshot(call: Call) -> web.StreamResponse:
     """The image of the camera's newest detection; when that file is gone (or there is none
     yet), the newest image in the camera's folder."""

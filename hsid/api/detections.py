@@ -3,19 +3,36 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import asyncpg
 from aiohttp import web
 
 from hsid.api import files
-from hsid.api.fields import Bool, Int, Num, Shape, Str, out
-from hsid.api.queries import TIME_RANGE, Listing, fetch_one, fetch_page, page_of, paged
+from hsid.api.fields import Field, Int, Num, Shape, Text, columns, params
+from hsid.api.queries import Listing, Page, TimeRange, fetch_one, fetch_page
 from hsid.api.routing import ApiRoutes, Call
 from hsid.imaging.evidence import Evidence
 
-DETECTION_COLUMNS = (
-    "id, camera_id, file_path, file_type, detected_at, object_type, confidence, "
-    "bbox_x, bbox_y, bbox_width, bbox_height, thumbnail_path, captured_at"
-)
+
+class Detection(Shape):
+    id: int
+    camera_id: str
+    file_path: str
+    file_type: str | None
+    detected_at: datetime
+    object_type: str | None
+    confidence: float | None
+    bbox_x: int | None
+    bbox_y: int | None
+    bbox_width: int | None
+    bbox_height: int | None
+    thumbnail_path: str | None
+    # hsid's extension: when the snapshot was taken (null for rows from before it was read)
+    captured_at: datetime | None
+
+
+DETECTION_COLUMNS = columns(Detection)
 SELECT_DETECTION = "SELECT " + DETECTION_COLUMNS + " FROM detections WHERE id = $1"
 SELECT_THUMBNAIL_PATH = "SELECT thumbnail_path FROM detections WHERE id = $1"
 SELECT_IMAGE_PATH = "SELECT file_path FROM detections WHERE id = $1"
@@ -32,45 +49,35 @@ LIST_DETECTIONS = Listing(
     },
 )
 
-DETECTION_PATH = {"detection_id": Int(minimum=1, description="detection id")}
+
+DetectionPath = params(detection_id=(Int(ge=1), Field(description="detection id")))
+
+
 # ?width= of the pictures hsid renders: up to 8K; never wider than the original.
-PICTURE_WIDTH = Int(minimum=16, maximum=7680,
-                    description="scale to this many pixels wide (never wider than the original)")
-DETECTION = Shape({
-    "id": out("integer"),
-    "camera_id": out("string"),
-    "file_path": out("string"),
-    "file_type": out("string", nullable=True),
-    "detected_at": out("string", format="date-time"),
-    "object_type": out("string", nullable=True),
-    "confidence": out("number", nullable=True),
-    "bbox_x": out("integer", nullable=True),
-    "bbox_y": out("integer", nullable=True),
-    "bbox_width": out("integer", nullable=True),
-    "bbox_height": out("integer", nullable=True),
-    "thumbnail_path": out("string", nullable=True),
-    # hsid's extension: when the snapshot was taken (null for rows from before it was read)
-    "captured_at": out("string", format="date-time", nullable=True),
-})
+PictureWidth = Int(16, 7680)
+WIDTH = Field(None, description="scale to this many pixels wide (never wider than the original)")
+
+DetectionQuery = params(TimeRange, camera_id=(Text(64), None), object_type=(Text(64), None),
+                                   min_confidence=(Num(0.0, 1.0), None))
+
+
+class ImageQuery(Shape):
+    annotate: bool = Field(False, description="draw the boxes, class labels and confidences "
+                           "of the image's detections (JPEG)")
+    width: PictureWidth = WIDTH
+
 
 api = ApiRoutes("detections")
 
 
-@api.get(
-    "/api/detections", "List detections, newest first", response=page_of(DETECTION),
-    query=paged({
-        "camera_id": Str(max_length=64),
-        "object_type": Str(max_length=64),
-        "min_confidence": Num(minimum=0.0, maximum=1.0),
-        **TIME_RANGE,
-    }),
-)
+@api.get("/api/detections", "List detections, newest first", response=Page[Detection],
+         query=DetectionQuery)
 async def list_detections(call: Call) -> dict:
     return await fetch_page(call.pool, LIST_DETECTIONS, call.query)
 
 
-@api.get("/api/detections/{detection_id}", "Get a detection", path_params=DETECTION_PATH,
-         response=DETECTION)
+@api.get("/api/detections/{detection_id}", "Get a detection", path_params=DetectionPath,
+         response=Detection)
 async def get_detection(call: Call) -> asyncpg.Record:
     return await fetch_one(call.pool, SELECT_DETECTION, call.path["detection_id"],
                            what="detection")
@@ -85,7 +92,7 @@ async def _stored_file(call: Call, sql: str) -> web.StreamResponse:
 
 
 @api.get("/api/detections/{detection_id}/thumbnail", "The detection's thumbnail crop",
-         path_params=DETECTION_PATH, media_types=files.IMAGE_MEDIA_TYPES)
+         path_params=DetectionPath, media_types=files.IMAGE_MEDIA_TYPES)
 async def get_thumbnail(call: Call) -> web.StreamResponse:
     return await _stored_file(call, SELECT_THUMBNAIL_PATH)
 
@@ -100,10 +107,8 @@ def jpeg_response(jpeg: bytes) -> web.Response:
 
 
 @api.get("/api/detections/{detection_id}/image", "The detection's source image",
-         path_params=DETECTION_PATH, media_types=files.IMAGE_MEDIA_TYPES,
-         query={"annotate": Bool(default=False, description="draw the boxes, class labels "
-                                 "and confidences of the image's detections (JPEG)"),
-                "width": PICTURE_WIDTH})
+         path_params=DetectionPath, media_types=files.IMAGE_MEDIA_TYPES,
+         query=ImageQuery)
 async def get_image(call: Call) -> web.StreamResponse:
     """The file as stored; with annotate=true or a width, a JPEG rendered from it."""
     if not call.query["annotate"] and call.query["width"] is None:

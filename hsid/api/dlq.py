@@ -2,35 +2,51 @@
 
 from __future__ import annotations
 
-from hsid.api.fields import Body, Bool, Int, Shape, Str, out
-from hsid.api.queries import page_of, paged
+from typing import Any, Literal
+
+from hsid.api.fields import Body, Field, Int, Shape, params, shape
+from hsid.api.queries import Page, Paged
 from hsid.api.routing import ApiRoutes, Audit, Call
 from hsid.core import queues
 from hsid.core.constants import QUEUE_NAMES
 from hsid.core.errors import InvalidInput
 
-QUEUE_PATH = {"queue": Str(enum=QUEUE_NAMES, description="queue whose dead letters to use")}
-COUNTS = Shape({name: out("integer") for name in QUEUE_NAMES},
-               description="entries per dead-letter queue")
-ENTRY = Shape({
-    "original_job": out(None),
-    "error": out("string"),
-    "attempt_count": out("integer"),
-    "first_failed_at": out("string"),
-    "last_failed_at": out("string"),
-    "queue_name": out("string"),
-}, description="the reference's DLQ item")
+QueuePath = params(
+    queue=(Literal[QUEUE_NAMES], Field(description="queue whose dead letters to use")))
+Counts = shape("DlqCounts", __doc__="entries per dead-letter queue",
+               **dict.fromkeys(QUEUE_NAMES, int))
+
+
+class DlqEntry(Shape):
+    """the reference's DLQ item"""
+
+    original_job: Any
+    error: str
+    attempt_count: int
+    first_failed_at: str
+    last_failed_at: str
+    queue_name: str
+
+
+class RequeueBody(Body):
+    index: Int(ge=0) = Field(None, description="position of the one entry to requeue")
+    all: bool = Field(None, description="requeue every entry (also what an empty body does)")
+
+
+Requeued = shape("Requeued", requeued=int)
+Cleared = shape("Cleared", cleared=int)
+
 
 api = ApiRoutes("dead-letter queues")
 
 
-@api.get("/api/dlq", "Entries in each dead-letter queue", response=COUNTS)
+@api.get("/api/dlq", "Entries in each dead-letter queue", response=Counts)
 async def get_dlq_counts(call: Call) -> dict:
     return await queues.dlq_counts(call.redis, call.runtime.keyspace)
 
 
 @api.get("/api/dlq/{queue}", "A dead-letter queue's entries, oldest failure first",
-         path_params=QUEUE_PATH, query=paged({}), response=page_of(ENTRY))
+         path_params=QueuePath, query=Paged, response=Page[DlqEntry])
 async def list_dlq(call: Call) -> dict:
     queue, limit, offset = call.path["queue"], call.query["limit"], call.query["offset"]
     keyspace = call.runtime.keyspace
@@ -41,12 +57,8 @@ async def list_dlq(call: Call) -> dict:
 
 @api.post(
     "/api/dlq/{queue}/requeue", "Put dead letters back on their queue: one by index, or all",
-    path_params=QUEUE_PATH,
-    body=Body({
-        "index": Int(minimum=0, description="position of the one entry to requeue"),
-        "all": Bool(description="requeue every entry (also what an empty body does)"),
-    }),
-    response=Shape({"requeued": out("integer")}),
+    path_params=QueuePath,
+    body=RequeueBody, response=Requeued,
     audit=Audit("dlq_requeued", "dlq", "queue"),
 )
 async def requeue_dlq(call: Call) -> dict:
@@ -62,7 +74,7 @@ async def requeue_dlq(call: Call) -> dict:
 
 
 @api.delete("/api/dlq/{queue}", "Delete every entry of a dead-letter queue",
-            path_params=QUEUE_PATH, response=Shape({"cleared": out("integer")}),
+            path_params=QueuePath, response=Cleared,
             audit=Audit("dlq_cleared", "dlq", "queue"))
 async def clear_dlq(call: Call) -> dict:
     cleared = await queues.dlq_clear(call.redis, call.runtime.keyspace, call.path["queue"])

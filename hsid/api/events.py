@@ -3,36 +3,94 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 import asyncpg
 from aiohttp import web
 
 from hsid.analysis.assessment import RISK_LEVELS
 from hsid.api.detections import (
-    DETECTION,
     DETECTION_COLUMNS,
-    PICTURE_WIDTH,
+    WIDTH,
+    Detection,
+    PictureWidth,
     evidence,
     jpeg_response,
 )
-from hsid.api.fields import INT32_MAX, Arr, Body, Bool, Int, Shape, Str, out
+from hsid.api.fields import (
+    INT32_MAX,
+    Arr,
+    Body,
+    Field,
+    Int,
+    Patch,
+    Shape,
+    Text,
+    columns,
+    params,
+    shape,
+)
 from hsid.api.queries import (
-    TIME_RANGE,
     Listing,
+    Page,
+    TimeRange,
     fetch_one,
     fetch_page,
     like_pattern,
-    page_of,
-    paged,
     update_one,
 )
 from hsid.api.routing import ApiRoutes, Audit, Call
 
-EVENT_COLUMNS = (
-    "id, batch_id, camera_id, started_at, ended_at, risk_score, risk_level, summary, "
-    "reasoning, detection_ids, reviewed, notes, is_fast_path"
-)
+
+class Event(Shape):
+    id: int
+    batch_id: str
+    camera_id: str
+    started_at: datetime
+    ended_at: datetime | None
+    risk_score: int | None
+    risk_level: str | None
+    summary: str | None
+    reasoning: str | None
+    detection_ids: list[int] | None
+    reviewed: bool
+    notes: str | None
+    is_fast_path: bool
+
+
+class EventWithDetections(Event):
+    detections: list[Detection]
+
+
+class EventReview(Patch):
+    reviewed: bool = None
+    notes: Text(10_000) | None = None
+    # Risk analysis is immutable (the reference): a body naming these is refused, not ignored.
+    immutable = frozenset(Event.model_fields) - {"reviewed", "notes"}
+
+
+EventPath = params(event_id=(Int(ge=1), Field(description="event id")))
+EventQuery = params(
+    TimeRange, camera_id=(Text(64), None), risk_level=(Literal[RISK_LEVELS], None),
+    min_risk=(Int(0, 100), None), max_risk=(Int(0, 100), None), reviewed=(bool, None),
+    is_fast_path=(bool, None),
+    q=(Text(200, min_length=1), Field(None, description="text in the summary")))
+
+SnapshotQuery = params(width=(PictureWidth, WIDTH))
+
+
+class ReviewBody(Body):
+    ids: Arr(Int(ge=1), 1, 1000)
+    reviewed: bool = True
+    notes: Text(10_000) = Field(
+        None, description="replaces the notes of every event named; absent: kept")
+
+
+Reviewed = shape("Reviewed", updated=list[int], not_found=list[int])
+
+
+EVENT_COLUMNS = columns(Event)
 SELECT_EVENT = "SELECT " + EVENT_COLUMNS + " FROM events WHERE id = $1"
 SELECT_EVENT_DETECTIONS = (
     "SELECT " + DETECTION_COLUMNS
@@ -84,52 +142,10 @@ LIST_EVENTS = Listing(
     row=event_json,
 )
 
-# Risk analysis is immutable (the reference): a body naming these is refused, not ignored.
-IMMUTABLE = frozenset({
-    "id", "batch_id", "camera_id", "started_at", "ended_at", "risk_score", "risk_level",
-    "summary", "reasoning", "detection_ids", "is_fast_path",
-})
-EVENT_PATH = {"event_id": Int(minimum=1, description="event id")}
-REVIEW_FIELDS = {
-    "reviewed": Bool(),
-    "notes": Str(nullable=True, max_length=10_000),
-}
-EVENT_PROPERTIES = {
-    "id": out("integer"),
-    "batch_id": out("string"),
-    "camera_id": out("string"),
-    "started_at": out("string", format="date-time"),
-    "ended_at": out("string", nullable=True, format="date-time"),
-    "risk_score": out("integer", nullable=True),
-    "risk_level": out("string", nullable=True),
-    "summary": out("string", nullable=True),
-    "reasoning": out("string", nullable=True),
-    "detection_ids": out("array", nullable=True, items={"type": "integer"}),
-    "reviewed": out("boolean"),
-    "notes": out("string", nullable=True),
-    "is_fast_path": out("boolean"),
-}
-EVENT = Shape(EVENT_PROPERTIES)
-EVENT_WITH_DETECTIONS = Shape({
-    **EVENT_PROPERTIES, "detections": out("array", items=DETECTION.schema()),
-})
-
 api = ApiRoutes("events")
 
 
-@api.get(
-    "/api/events", "List events, newest first", response=page_of(EVENT),
-    query=paged({
-        "camera_id": Str(max_length=64),
-        "risk_level": Str(enum=RISK_LEVELS),
-        "min_risk": Int(minimum=0, maximum=100),
-        "max_risk": Int(minimum=0, maximum=100),
-        "reviewed": Bool(),
-        "is_fast_path": Bool(),
-        **TIME_RANGE,
-        "q": Str(min_length=1, max_length=200, description="text in the summary"),
-    }),
-)
+@api.get("/api/events", "List events, newest first", response=Page[Event], query=EventQuery)
 async def list_events(call: Call) -> dict:
     query = dict(call.query)
     if query["q"] is not None:
@@ -138,7 +154,7 @@ async def list_events(call: Call) -> dict:
 
 
 @api.get("/api/events/{event_id}", "Get an event with its detections",
-         path_params=EVENT_PATH, response=EVENT_WITH_DETECTIONS)
+         path_params=EventPath, response=EventWithDetections)
 async def get_event(call: Call) -> dict:
     event = event_json(await fetch_one(call.pool, SELECT_EVENT, call.path["event_id"],
                                        what="event"))
@@ -148,8 +164,8 @@ async def get_event(call: Call) -> dict:
 
 @api.patch(
     "/api/events/{event_id}", "Mark an event reviewed or edit its notes (nothing else)",
-    path_params=EVENT_PATH, body=Body(REVIEW_FIELDS, partial=True, immutable=IMMUTABLE),
-    response=EVENT, audit=Audit("event_updated", "event", "event_id"),
+    path_params=EventPath, body=EventReview, response=Event,
+    audit=Audit("event_updated", "event", "event_id"),
 )
 async def update_event(call: Call) -> dict:
     if "reviewed" in call.body:
@@ -161,16 +177,7 @@ async def update_event(call: Call) -> dict:
 
 @api.post(
     "/api/events/review", "Mark many events reviewed (or not) at once",
-    body=Body({
-        "ids": Arr(items=Int(minimum=1), min_items=1, max_items=1000, required=True),
-        "reviewed": Bool(default=True),
-        "notes": Str(max_length=10_000,
-                     description="replaces the notes of every event named; absent: kept"),
-    }),
-    response=Shape({
-        "updated": out("array", items={"type": "integer"}),
-        "not_found": out("array", items={"type": "integer"}),
-    }),
+    body=ReviewBody, response=Reviewed,
     audit=Audit("events_reviewed", "event"),
 )
 async def review_events(call: Call) -> dict:
@@ -184,7 +191,7 @@ async def review_events(call: Call) -> dict:
 
 
 @api.get("/api/events/{event_id}/snapshot", "The event's most telling image, annotated",
-         path_params=EVENT_PATH, media_types=("image/jpeg",), query={"width": PICTURE_WIDTH})
+         path_params=EventPath, media_types=("image/jpeg",), query=SnapshotQuery)
 async def get_event_snapshot(call: Call) -> web.Response:
     """The image of the event's surest person (else its surest detection) with the boxes,
     class labels and confidences of that image's detections drawn, as JPEG."""

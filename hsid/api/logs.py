@@ -3,18 +3,53 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
+from typing import Any, Literal
 
 import asyncpg
 
-from hsid.api.fields import Body, Field, Obj, Shape, Str, out
+from hsid.api.fields import Body, Field, Obj, Shape, Text, columns, params
 from hsid.api.middleware import REQUEST_ID_KEY, RateLimited
-from hsid.api.queries import TIME_RANGE, Listing, fetch_page, page_of, paged
+from hsid.api.queries import Listing, Page, TimeRange, fetch_page
 from hsid.api.routing import ApiRoutes, Call
 
-LOG_COLUMNS = (
-    'id, "timestamp", level, component, message, camera_id, event_id, request_id, '
-    "detection_id, duration_ms, extra, source, user_agent"
-)
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+SOURCES = ("backend", "frontend")
+Level = Literal[LEVELS]
+Source = Literal[SOURCES]
+REQUEST_ID_MAX_LENGTH = 36  # logs.request_id is varchar(36)
+
+
+class Log(Shape):
+    id: int
+    timestamp: datetime
+    level: Level
+    component: str
+    message: str
+    camera_id: str | None
+    event_id: int | None
+    request_id: str | None
+    detection_id: int | None
+    duration_ms: int | None
+    extra: Any
+    source: Source
+    user_agent: str | None
+
+
+class LogBody(Body):
+    level: Level
+    message: Text(10_000, min_length=1)
+    component: Text(50, min_length=1)
+    camera_id: Text(100) | None = None
+    extra: Obj | None = Field(None, description="structured context")
+
+
+LogQuery = params(TimeRange, level=(Level, None), component=(Text(50), None),
+                             camera_id=(Text(100), None), source=(Source, None),
+                             request_id=(Text(REQUEST_ID_MAX_LENGTH), None))
+
+
+LOG_COLUMNS = columns(Log, sql={"timestamp": '"timestamp"'})
 INSERT_FRONTEND_LOG = (
     "INSERT INTO logs (level, component, message, camera_id, extra, source, user_agent, "
     "request_id) VALUES ($1, $2, $3, $4, $5, 'frontend', $6, $7) RETURNING " + LOG_COLUMNS
@@ -39,33 +74,6 @@ LIST_LOGS = Listing(
 RATE_KEY = "ratelimit:frontend_logs:{client}:{minute}"
 RATE_KEY_TTL_SECONDS = 120
 USER_AGENT_MAX_LENGTH = 1024
-REQUEST_ID_MAX_LENGTH = 36  # logs.request_id is varchar(36)
-
-LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-SOURCES = ("backend", "frontend")
-FIELDS: dict[str, Field] = {
-    "level": Str(enum=LEVELS, required=True),
-    "message": Str(min_length=1, max_length=10_000, required=True),
-    "component": Str(min_length=1, max_length=50, required=True),
-    "camera_id": Str(max_length=100, nullable=True),
-    "extra": Obj(nullable=True, description="structured context"),
-}
-LOG = Shape({
-    "id": out("integer"),
-    "timestamp": out("string", format="date-time"),
-    "level": out("string", enum=list(LEVELS)),
-    "component": out("string"),
-    "message": out("string"),
-    "camera_id": out("string", nullable=True),
-    "event_id": out("integer", nullable=True),
-    "request_id": out("string", nullable=True),
-    "detection_id": out("integer", nullable=True),
-    "duration_ms": out("integer", nullable=True),
-    "extra": out(None),
-    "source": out("string", enum=list(SOURCES)),
-    "user_agent": out("string", nullable=True),
-})
-
 api = ApiRoutes("logs")
 
 
@@ -85,21 +93,14 @@ async def _count_request(call: Call) -> None:
                           retry_after=max(1, int(60 - now % 60)))
 
 
-@api.get(
-    "/api/logs", "List log records, newest first", response=page_of(LOG),
-    query=paged({
-        "level": Str(enum=LEVELS), "component": Str(max_length=50),
-        "camera_id": Str(max_length=100), "source": Str(enum=SOURCES),
-        "request_id": Str(max_length=REQUEST_ID_MAX_LENGTH), **TIME_RANGE,
-    }),
-)
+@api.get("/api/logs", "List log records, newest first", response=Page[Log], query=LogQuery)
 async def list_logs(call: Call) -> dict:
     return await fetch_page(call.pool, LIST_LOGS, call.query)
 
 
 # Not audited: a frontend's log record is telemetry, not a change anyone makes to hsid.
-@api.post("/api/logs", "Record a frontend log record", body=Body(FIELDS), status=201,
-          response=LOG, errors=(429,))
+@api.post("/api/logs", "Record a frontend log record", body=LogBody, status=201,
+          response=Log, errors=(429,))
 async def create_log(call: Call) -> asyncpg.Record:
     await _count_request(call)
     body, request = call.body, call.request

@@ -7,8 +7,13 @@ from importlib import metadata
 from typing import Any
 
 from aiohttp import web
+from pydantic import TypeAdapter
 
+from hsid.api.fields import OpenApiSchema
 from hsid.api.routing import ApiRoute, ApiRoutes, Call, json_response
+
+Schemas = dict[tuple[str, str], dict[str, Any]]
+REF_TEMPLATE = "#/components/schemas/{model}"
 
 OPENAPI_VERSION = "3.0.3"
 ERROR_SCHEMA = {
@@ -47,10 +52,14 @@ api = ApiRoutes("meta")
 
 
 def _parameters(route: ApiRoute) -> list[dict[str, Any]]:
-    params = [{"name": name, "in": "path", "required": True, "schema": spec.schema()}
-              for name, spec in route.path_params.items()]
-    params += [{"name": name, "in": "query", "required": spec.required, "schema": spec.schema()}
-               for name, spec in route.query.items()]
+    params = []
+    for where, model in (("path", route.path_params), ("query", route.query)):
+        if model is None:
+            continue
+        schema = model.model_json_schema(schema_generator=OpenApiSchema)
+        params += [{"name": name, "in": where, "required": where == "path" or info.is_required(),
+                    "schema": schema["properties"][name]}
+                   for name, info in model.model_fields.items()]
     return params
 
 
@@ -70,7 +79,7 @@ def _error_statuses(route: ApiRoute) -> set[int]:
     return statuses
 
 
-def _success(route: ApiRoute) -> dict[str, Any]:
+def _success(route: ApiRoute, schemas: Schemas) -> dict[str, Any]:
     if route.websocket:
         return {"description": "switching to the WebSocket protocol"}
     if route.status == 204:
@@ -78,42 +87,57 @@ def _success(route: ApiRoute) -> dict[str, Any]:
     if route.media_types != ("application/json",):
         binary = {"schema": {"type": "string", "format": "binary"}}
         return {"description": "the file", "content": dict.fromkeys(route.media_types, binary)}
-    schema = route.response.schema() if route.response is not None else {}
+    schema = schemas.get((route.operation_id, "response"), {})
     return {"description": "success", "content": {"application/json": {"schema": schema}}}
 
 
-def _responses(route: ApiRoute) -> dict[str, Any]:
+def _responses(route: ApiRoute, schemas: Schemas) -> dict[str, Any]:
     status = 101 if route.websocket else route.status
-    responses: dict[str, Any] = {str(status): _success(route)}
+    responses: dict[str, Any] = {str(status): _success(route, schemas)}
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     for code in sorted(_error_statuses(route)):
         responses[str(code)] = {"description": ERROR_MEANINGS[code], **error}
-    for code, shape in route.responses.items():
+    for code in route.responses:
+        schema = schemas[(route.operation_id, str(code))]
         responses[str(code)] = {"description": "see the body",
-                                "content": {"application/json": {"schema": shape.schema()}}}
+                                "content": {"application/json": {"schema": schema}}}
     return responses
 
 
-def operation(route: ApiRoute) -> dict[str, Any]:
+def operation(route: ApiRoute, schemas: Schemas) -> dict[str, Any]:
     doc = route.handler.__doc__
     op: dict[str, Any] = {
         "operationId": route.operation_id,
         "summary": route.summary,
         "tags": [route.tag],
         "parameters": _parameters(route),
-        "responses": _responses(route),
+        "responses": _responses(route, schemas),
     }
     if doc:
         op["description"] = " ".join(doc.split())
     if route.body is not None:
         op["requestBody"] = {
-            "required": any(s.required for s in route.body.fields.values()),
-            "content": {"application/json": {"schema": route.body.schema()}},
+            "required": route.body.partial or any(
+                info.is_required() for info in route.body.model_fields.values()),
+            "content": {"application/json": {"schema": schemas[(route.operation_id, "body")]}},
         }
     if not route.public:
         schemes = ("ApiKeyHeader", "ApiKeyQuery") if route.websocket else ("ApiKeyHeader",)
         op["security"] = [{scheme: []} for scheme in schemes]
     return op
+
+
+def _schemas(routes: list[ApiRoute]) -> tuple[Schemas, dict[str, Any]]:
+    """Every route's body and response schemas, shared models as components, one pass."""
+    shapes = [((route.operation_id, "body"), route.body) for route in routes]
+    shapes += [((route.operation_id, "response"), route.response) for route in routes]
+    shapes += [((route.operation_id, str(code)), shape) for route in routes
+               for code, shape in route.responses.items()]
+    inputs = [(key, "validation", TypeAdapter(shape)) for key, shape in shapes
+              if shape is not None]
+    found, defs = TypeAdapter.json_schemas(inputs, ref_template=REF_TEMPLATE,
+                                           schema_generator=OpenApiSchema)
+    return {key: schema for (key, _), schema in found.items()}, defs.get("$defs", {})
 
 
 def _version() -> str:
@@ -125,9 +149,11 @@ def _version() -> str:
 
 def document(routes: Iterable[ApiRoute]) -> dict[str, Any]:
     """The whole document: every declared route, its parameters, body and responses."""
+    routes = list(routes)
+    schemas, components = _schemas(routes)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        paths.setdefault(route.path, {})[route.method.lower()] = operation(route)
+        paths.setdefault(route.path, {})[route.method.lower()] = operation(route, schemas)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -137,7 +163,8 @@ def document(routes: Iterable[ApiRoute]) -> dict[str, Any]:
                            "risk-scored events, alerts. Errors are {\"error\": {code, message}}.",
         },
         "paths": dict(sorted(paths.items())),
-        "components": {"schemas": {"Error": ERROR_SCHEMA}, "securitySchemes": SECURITY_SCHEMES},
+        "components": {"schemas": {"Error": ERROR_SCHEMA, **dict(sorted(components.items()))},
+                       "securitySchemes": SECURITY_SCHEMES},
     }
 
 

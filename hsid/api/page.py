@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from hsid.api.fields import Str
+from hsid.api.fields import Field, Shape, Text
 from hsid.api.routing import ApiRoutes, Call
 from hsid.core.errors import NotFound
 
@@ -23,8 +23,13 @@ STATIC_TYPES = {
     ".css": "text/css",
     ".svg": "image/svg+xml",
 }
-STATIC_NAME = Str(pattern=r"[a-z0-9_-]{1,64}\.(js|css|svg)", max_length=70,
-                  description="a file of the page, e.g. app.js")
+
+
+class StaticPath(Shape):
+    name: Text(70, pattern=r"[a-z0-9_-]{1,64}\.(js|css|svg)") = Field(
+        description="a file of the page, e.g. app.js")
+
+
 # The page loads only its own files; images come in as blob: URLs (fetched with the key)
 # and the WebSocket goes back to this origin. Nothing may frame it.
 PAGE_HEADERS = {
@@ -61,7 +66,7 @@ async def get_page(call: Call) -> web.StreamResponse:
 
 
 @api.get("/static/{name}", "A script, style sheet or icon of the review page",
-         path_params={"name": STATIC_NAME}, public=True,
+         path_params=StaticPath, public=True,
          media_types=tuple(sorted(set(STATIC_TYPES.values()))))
 async def get_static(call: Call) -> web.StreamResponse:
     return _file(call.path["name"])

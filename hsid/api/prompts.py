@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 import asyncpg
 
-from hsid.api.fields import Body, Field, Int, Num, Shape, Str, out
-from hsid.api.queries import Listing, fetch_one, fetch_page, page_of, paged
-from hsid.api.routing import ApiRoutes, Audit, Call
+from hsid.api.fields import Body, Field, Int, Num, Shape, Text, columns, params
+from hsid.api.queries import Listing, Page, Paged, fetch_one, fetch_page
+from hsid.api.routing import ApiRoutes, Audit, Call, parse_body
 from hsid.core.db import schema_sql
 from hsid.core.errors import Conflict, InvalidInput
 
@@ -25,8 +26,48 @@ def _allowed_models(sql: str) -> tuple[str, ...]:
 
 
 MODELS = _allowed_models(schema_sql())
+Model = Literal[MODELS]
 
-PROMPT_COLUMNS = "model, system_prompt, temperature, max_tokens, version, created_at, updated_at"
+
+class Prompt(Shape):
+    model: Model
+    system_prompt: str
+    temperature: float
+    max_tokens: int
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class PromptConfig(Body):  # what a version saves (config_json)
+    system_prompt: Text(100_000, min_length=1)
+    temperature: Num(0.0, 2.0) = 0.7
+    max_tokens: Int(100, 8192) = 2048
+
+
+class PromptBody(PromptConfig):
+    version: Int(ge=0) = Field(
+        description="the version the client edited (0 when the model has none)")
+    change_description: Text(10_000) | None = None
+
+
+class Version(Shape):
+    id: int
+    model: str
+    version: int
+    created_at: datetime
+    created_by: str | None
+    change_description: str | None
+    is_active: bool
+    row_version: int
+    config: Any = Field(description="the saved configuration (null if unreadable)")
+
+
+ModelPath = params(model=(Model, Field(description="AI model")))
+RollbackPath = params(ModelPath, version=(Int(ge=1), Field(description="version to restore")))
+
+
+PROMPT_COLUMNS = columns(Prompt)
 SELECT_PROMPT = "SELECT " + PROMPT_COLUMNS + " FROM prompt_configs WHERE model = $1"
 # Serialises writers of one model, also before its first row exists (nothing to lock yet).
 # The two-int form keeps these locks apart from the schema lock's single-key space.
@@ -56,10 +97,9 @@ RETURNING """ + PROMPT_COLUMNS
 SELECT_VERSION_CONFIG = (
     "SELECT config_json FROM prompt_versions WHERE model = $1 AND version = $2"
 )
-VERSION_COLUMNS = (
-    "id, model, version, created_at, created_by, config_json, change_description, is_active, "
-    "row_version"
-)
+VERSION_COLUMNS = columns(Version, sql={"config": "config_json"})  # version_json reads it
+
+
 def version_json(row: asyncpg.Record) -> dict[str, Any]:
     version = dict(row)
     try:
@@ -76,39 +116,6 @@ LIST_VERSIONS = Listing(
     filters={"model": "model = {}"},
     row=version_json,
 )
-
-MODEL_PATH = {"model": Str(enum=MODELS, description="AI model")}
-CONFIG_FIELDS: dict[str, Field] = {
-    "system_prompt": Str(min_length=1, max_length=100_000, required=True),
-    "temperature": Num(minimum=0.0, maximum=2.0, default=0.7),
-    "max_tokens": Int(minimum=100, maximum=8192, default=2048),
-}
-PUT_FIELDS: dict[str, Field] = {
-    **CONFIG_FIELDS,
-    "version": Int(minimum=0, required=True,
-                   description="the version the client edited (0 when the model has none)"),
-    "change_description": Str(nullable=True, max_length=10_000),
-}
-PROMPT = Shape({
-    "model": out("string", enum=list(MODELS)),
-    "system_prompt": out("string"),
-    "temperature": out("number"),
-    "max_tokens": out("integer"),
-    "version": out("integer"),
-    "created_at": out("string", format="date-time"),
-    "updated_at": out("string", format="date-time"),
-})
-VERSION = Shape({
-    "id": out("integer"),
-    "model": out("string"),
-    "version": out("integer"),
-    "created_at": out("string", format="date-time"),
-    "created_by": out("string", nullable=True),
-    "config": out(None, description="the saved configuration (null if unreadable)"),
-    "change_description": out("string", nullable=True),
-    "is_active": out("boolean"),
-    "row_version": out("integer"),
-})
 
 api = ApiRoutes("prompts")
 
@@ -133,8 +140,8 @@ async def _save(
                                config["temperature"], config["max_tokens"], new_version)
 
 
-@api.get("/api/prompts/{model}", "Get a model's current prompt config", path_params=MODEL_PATH,
-         response=PROMPT)
+@api.get("/api/prompts/{model}", "Get a model's current prompt config", path_params=ModelPath,
+         response=Prompt)
 async def get_prompt(call: Call) -> asyncpg.Record:
     return await fetch_one(call.pool, SELECT_PROMPT, call.path["model"],
                            what=f"prompt config for {call.path['model']}")
@@ -142,11 +149,11 @@ async def get_prompt(call: Call) -> asyncpg.Record:
 
 @api.put(
     "/api/prompts/{model}", "Save a new version of a model's prompt config",
-    path_params=MODEL_PATH, body=Body(PUT_FIELDS), response=PROMPT,
+    path_params=ModelPath, body=PromptBody, response=Prompt,
     audit=Audit("prompt_updated", "prompt", "model"),
 )
 async def put_prompt(call: Call) -> asyncpg.Record:
-    config = {name: call.body[name] for name in CONFIG_FIELDS}
+    config = {name: call.body[name] for name in PromptConfig.model_fields}
     async with call.pool.acquire() as conn, conn.transaction():
         row = await _save(conn, call.path["model"], config, call.actor,
                           call.body.get("change_description"), call.body["version"])
@@ -155,7 +162,7 @@ async def put_prompt(call: Call) -> asyncpg.Record:
 
 
 @api.get("/api/prompts/{model}/versions", "List a model's prompt versions, newest first",
-         path_params=MODEL_PATH, query=paged({}), response=page_of(VERSION))
+         path_params=ModelPath, query=Paged, response=Page[Version])
 async def list_prompt_versions(call: Call) -> dict:
     return await fetch_page(call.pool, LIST_VERSIONS, {**call.query, **call.path})
 
@@ -163,8 +170,7 @@ async def list_prompt_versions(call: Call) -> dict:
 @api.post(
     "/api/prompts/{model}/rollback/{version}",
     "Make an earlier version's config current again (saved as a new version)",
-    path_params={**MODEL_PATH, "version": Int(minimum=1, description="version to restore")},
-    response=PROMPT, audit=Audit("prompt_rolled_back", "prompt", "model"),
+    path_params=RollbackPath, response=Prompt, audit=Audit("prompt_rolled_back", "prompt", "model"),
 )
 async def rollback_prompt(call: Call) -> asyncpg.Record:
     model, version = call.path["model"], call.path["version"]
@@ -175,7 +181,7 @@ async def rollback_prompt(call: Call) -> asyncpg.Record:
             stored = json.loads(saved[0])
             # Evaluation figures (analysis/prompts.py) belong to the version measured, not
             # to the restored copy: it is measured afresh.
-            config = Body(CONFIG_FIELDS).parse(
+            config = parse_body(PromptConfig,
                 {k: v for k, v in stored.items() if k != "evaluation"}
                 if isinstance(stored, dict) else stored)
         except (ValueError, InvalidInput) as err:

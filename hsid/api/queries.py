@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
+from pydantic import Field
 
-from hsid.api.fields import DateTime, Field, Int, Shape, out
+from hsid.api.fields import DateTime, Int, Shape
 from hsid.core.errors import NotFound
 
 PAGE_LIMIT_DEFAULT = 50
@@ -34,32 +35,27 @@ SELECT c.relname,
 FROM pg_class c WHERE c.oid = any($1::regclass[])
 """
 
-PAGE: dict[str, Field] = {
-    "limit": Int(minimum=1, maximum=PAGE_LIMIT_MAX, default=PAGE_LIMIT_DEFAULT,
-                 description="page size"),
-    "offset": Int(minimum=0, maximum=PAGE_OFFSET_MAX, default=0,
-                  description="rows to skip"),
-}
-
-TIME_RANGE: dict[str, Field] = {
-    "start": DateTime(description="at or after this time (ISO-8601, UTC if no offset)"),
-    "end": DateTime(description="before this time (ISO-8601, UTC if no offset)"),
-}
+Item = TypeVar("Item")
 
 
-def paged(filters: Mapping[str, Field]) -> dict[str, Field]:
-    """A list route's query parameters: its filters plus limit and offset."""
-    return {**filters, **PAGE}
+class Paged(Shape):
+    """A list route's query parameters: its filters (in a subclass) plus limit and offset."""
+
+    limit: Int(1, PAGE_LIMIT_MAX) = Field(PAGE_LIMIT_DEFAULT, description="page size")
+    offset: Int(0, PAGE_OFFSET_MAX) = Field(0, description="rows to skip")
 
 
-def page_of(item: Shape) -> Shape:
-    return Shape({
-        "items": out("array", items=item.schema()),
-        "count": out("integer", description="rows matching the filters, over all pages "
-                     f"(past {EXACT_COUNT_LIMIT} rows, the database planner's estimate)"),
-        "limit": out("integer"),
-        "offset": out("integer"),
-    })
+class TimeRange(Paged):
+    start: DateTime = Field(None, description="at or after this time (ISO-8601, UTC if no offset)")
+    end: DateTime = Field(None, description="before this time (ISO-8601, UTC if no offset)")
+
+
+class Page(Shape, Generic[Item]):  # the list envelope
+    items: list[Item]
+    count: int = Field(description="rows matching the filters, over all pages "
+                       f"(past {EXACT_COUNT_LIMIT} rows, the database planner's estimate)")
+    limit: int
+    offset: int
 
 
 def like_pattern(text: str) -> str:

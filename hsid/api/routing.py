@@ -8,21 +8,18 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
+from pydantic import ValidationError
 
-from hsid.api.fields import Body, Field
+from hsid.api.fields import Body, Shape
 from hsid.api.keys import ACTOR_KEY, ANONYMOUS, RUNTIME
 from hsid.api.middleware import BadParameter, MalformedBody
 from hsid.core.errors import InvalidInput
 from hsid.core.runtime import Runtime
-
-
-class Documented(Protocol):
-    def schema(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,17 +92,17 @@ class ApiRoute:
     handler: ApiHandler
     summary: str
     tag: str
-    path_params: Mapping[str, Field] = field(default_factory=dict)
-    query: Mapping[str, Field] = field(default_factory=dict)
-    body: Body | None = None
+    path_params: type[Shape] | None = None
+    query: type[Shape] | None = None
+    body: type[Body] | None = None
     status: int = 200
-    response: Documented | None = None
+    response: Any = None  # a model or type, for the OpenAPI document
     media_types: tuple[str, ...] = ("application/json",)
     audit: Audit | None = None
     public: bool = False  # open even when API keys are required
     websocket: bool = False  # may also take the key as ?api_key= (browsers cannot set headers)
     errors: tuple[int, ...] = ()  # error statuses beyond the ones the spec implies
-    responses: Mapping[int, Documented] = field(default_factory=dict)  # other bodies by status
+    responses: Mapping[int, Any] = field(default_factory=dict)  # other bodies by status
 
     @property
     def operation_id(self) -> str:
@@ -173,7 +170,7 @@ def _endpoint(spec: ApiRoute) -> Callable[[web.Request], Awaitable[web.StreamRes
     async def endpoint(request: web.Request) -> web.StreamResponse:
         path = parse_params(spec.path_params, request.match_info)
         query = parse_params(spec.query, request.query)
-        body = spec.body.parse(await read_json(request)) if spec.body is not None else {}
+        body = parse_body(spec.body, await read_json(request)) if spec.body is not None else {}
         call = Call(request, path, query, body)
         if spec.audit is not None and body:
             call.audit(fields=sorted(body))
@@ -188,25 +185,57 @@ def _endpoint(spec: ApiRoute) -> Callable[[web.Request], Awaitable[web.StreamRes
     return endpoint
 
 
-def parse_params(specs: Mapping[str, Field], source: Mapping[str, str]) -> dict[str, Any]:
-    """Query or path parameters by their specs; anything wrong is a 400 naming the parameter."""
-    out: dict[str, Any] = {}
-    for name, spec in specs.items():
+def _invalid(err: ValidationError, kind: type[InvalidInput] = InvalidInput) -> InvalidInput:
+    """The first of pydantic's errors, naming the field as the API does (`ids[0]`; `body`)."""
+    error = err.errors()[0]
+    name = "".join(f"[{part}]" if isinstance(part, int) else f".{part}"
+                   for part in error["loc"]).lstrip(".") or "body"
+    cause = (error.get("ctx") or {}).get("error")
+    message = str(cause) if error["type"] == "value_error" and cause else error["msg"]
+    if error["type"] == "missing":
+        return kind(f"{name} is required", field=name)
+    return kind(f"{name}: {message}", field=name)
+
+
+def parse_params(model: type[Shape] | None, source: Mapping[str, str]) -> dict[str, Any]:
+    """Query or path parameters by their model; anything wrong is a 400 naming the parameter."""
+    if model is None:
+        return {}
+    given: dict[str, str] = {}
+    for name in model.model_fields:
         values = source.getall(name, []) if hasattr(source, "getall") else (
             [source[name]] if name in source else []
         )
         if len(values) > 1:
             raise BadParameter(f"{name} is given more than once", field=name)
-        if not values:
-            if spec.required:
-                raise BadParameter(f"{name} is required", field=name)
-            out[name] = spec.default
-            continue
-        try:
-            out[name] = spec.from_text(values[0], name)
-        except InvalidInput as err:
-            raise BadParameter(str(err), field=name) from err
-    return out
+        if values:
+            given[name] = values[0]
+    try:
+        return dict(model.model_validate(given))
+    except ValidationError as err:
+        raise _invalid(err, BadParameter) from err
+
+
+def parse_body(model: type[Body], data: Any) -> dict[str, Any]:
+    """A JSON object body by its model (strictly: no text for numbers); anything wrong is a
+    422 naming the field. The dict holds only the keys given and the defaults that are not
+    None (none for a PATCH), so its keys are safe column names."""
+    if not isinstance(data, dict):
+        raise InvalidInput("the body must be a JSON object", field="body")
+    for key in data:
+        if key in model.immutable:
+            raise InvalidInput(f"{key} cannot be changed", field=str(key))
+        if key not in model.model_fields:
+            raise InvalidInput(f"unknown field {key!r}", field=str(key))
+    if model.partial and not data:
+        raise InvalidInput("give at least one field to change", field="body")
+    try:
+        parsed = model.model_validate(data, strict=True)
+    except ValidationError as err:
+        raise _invalid(err) from err
+    return {name: getattr(parsed, name) for name, info in model.model_fields.items()
+            if name in parsed.model_fields_set
+            or (not model.partial and info.default is not None and not info.is_required())}
 
 
 def _refuse_constant(name: str) -> Any:

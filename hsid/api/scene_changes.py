@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any, Literal
+
 import asyncpg
 
-from hsid.api.alert_rules import SEVERITIES
-from hsid.api.fields import Bool, Int, Shape, Str, out
-from hsid.api.queries import TIME_RANGE, Listing, fetch_one, fetch_page, page_of, paged
+from hsid.api.alert_rules import Severity
+from hsid.api.fields import Field, Int, Shape, Text, columns, params
+from hsid.api.queries import Listing, Page, TimeRange, fetch_one, fetch_page
 from hsid.api.routing import ApiRoutes, Audit, Call
 
-SCENE_CHANGE_COLUMNS = "id, camera_id, change_type, severity, detected_at, resolved_at, details"
+CHANGE_TYPES = ("lighting", "obstruction", "movement")
+ChangeType = Literal[CHANGE_TYPES]
+
+
+class SceneChange(Shape):
+    id: int
+    camera_id: str
+    change_type: ChangeType
+    severity: Severity
+    detected_at: datetime
+    resolved_at: datetime | None
+    details: Any
+
+
+SceneChangePath = params(scene_change_id=(Int(ge=1), Field(description="scene change id")))
+SceneChangeQuery = params(
+    TimeRange, camera_id=(Text(64), None), change_type=(ChangeType, None),
+    severity=(Severity, None), unresolved=(bool, Field(
+        None, description="true: only open ones; false: only resolved ones")))
+
+
+SCENE_CHANGE_COLUMNS = columns(SceneChange)
 SELECT_SCENE_CHANGE = "SELECT " + SCENE_CHANGE_COLUMNS + " FROM scene_changes WHERE id = $1"
 # Resolving twice keeps the first resolution time: repeating the call changes nothing.
 RESOLVE_SCENE_CHANGE = (
@@ -30,44 +54,24 @@ LIST_SCENE_CHANGES = Listing(
     },
 )
 
-CHANGE_TYPES = ("lighting", "obstruction", "movement")
-SCENE_CHANGE_PATH = {"scene_change_id": Int(minimum=1, description="scene change id")}
-SCENE_CHANGE = Shape({
-    "id": out("integer"),
-    "camera_id": out("string"),
-    "change_type": out("string", enum=list(CHANGE_TYPES)),
-    "severity": out("string", enum=list(SEVERITIES)),
-    "detected_at": out("string", format="date-time"),
-    "resolved_at": out("string", nullable=True, format="date-time"),
-    "details": out(None),
-})
-
 api = ApiRoutes("scene changes")
 
 
-@api.get(
-    "/api/scene-changes", "List scene changes, newest first", response=page_of(SCENE_CHANGE),
-    query=paged({
-        "camera_id": Str(max_length=64),
-        "unresolved": Bool(description="true: only open ones; false: only resolved ones"),
-        "change_type": Str(enum=CHANGE_TYPES),
-        "severity": Str(enum=SEVERITIES),
-        **TIME_RANGE,
-    }),
-)
+@api.get("/api/scene-changes", "List scene changes, newest first",
+         response=Page[SceneChange], query=SceneChangeQuery)
 async def list_scene_changes(call: Call) -> dict:
     return await fetch_page(call.pool, LIST_SCENE_CHANGES, call.query)
 
 
 @api.get("/api/scene-changes/{scene_change_id}", "Get a scene change",
-         path_params=SCENE_CHANGE_PATH, response=SCENE_CHANGE)
+         path_params=SceneChangePath, response=SceneChange)
 async def get_scene_change(call: Call) -> asyncpg.Record:
     return await fetch_one(call.pool, SELECT_SCENE_CHANGE, call.path["scene_change_id"],
                            what="scene change")
 
 
 @api.post("/api/scene-changes/{scene_change_id}/resolve", "Mark a scene change resolved",
-          path_params=SCENE_CHANGE_PATH, response=SCENE_CHANGE,
+          path_params=SceneChangePath, response=SceneChange,
           audit=Audit("scene_change_resolved", "scene_change", "scene_change_id"))
 async def resolve_scene_change(call: Call) -> asyncpg.Record:
     return await fetch_one(call.pool, RESOLVE_SCENE_CHANGE, call.path["scene_change_id"],

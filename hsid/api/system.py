@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any, Literal
 
 from aiohttp import web
+from pydantic import ConfigDict, Field
 
 from hsid.analysis.calibration import calibration_report
-from hsid.api.fields import Int, Shape, out
+from hsid.api.fields import Int, Shape, params, shape
 from hsid.api.queries import row_counts
 from hsid.api.routing import ApiRoutes, Call, iso, json_response
 from hsid.core.config import redacted
@@ -21,39 +23,46 @@ COUNTED_TABLES = ("cameras", "events", "detections", "alerts", "alert_rules", "z
 COUNT_UNREVIEWED = "SELECT count(*) FROM events WHERE NOT reviewed"
 COUNTED = (*COUNTED_TABLES, "unreviewed_events")
 
-OBJECT = out("object", additionalProperties={"type": "integer"})
-STATS = Shape({
-    "counts": out("object", properties={name: {"type": "integer"} for name in COUNTED},
-                  description="rows per table (past 10,000 rows, the planner's estimate)"),
-    "queues": OBJECT,
-    "dlq": OBJECT,
-    "detector": out(None, description="execution provider and model, as the detector reports"),
-    "info": out("object", description="everything the stages report to health"),
-    "started_at": out("string", format="date-time"),
-    "uptime_seconds": out("integer"),
-})
-HEALTH = Shape({
-    "status": out("string", enum=["healthy", "unhealthy"]),
-    "database": out("object"),
-    "redis": out("object"),
-    "stages": out("object"),
-}, extra={"additionalProperties": True})
+Counts = shape("TableCounts", **dict.fromkeys(COUNTED, int))
 
-CALIBRATION = Shape({
-    "days": out("integer"),
-    "thresholds": OBJECT,
-    "cameras": out("array", items={"type": "object"},
-                   description="per camera and risk level: events, feedback (reviewed, alert "
-                               "acknowledged or dismissed), dismissed, confirmed, "
-                               "dismissal_rate (null without feedback)"),
-    "suggestions": out("array", items={"type": "string"}),
-})
+
+class Stats(Shape):
+    counts: Counts = Field(description="rows per table (past 10,000 rows, the planner's estimate)")
+    queues: dict[str, int]
+    dlq: dict[str, int]
+    detector: Any = Field(description="execution provider and model, as the detector reports")
+    info: dict[str, Any] = Field(description="everything the stages report to health")
+    started_at: datetime
+    uptime_seconds: int
+
+
+class Health(Shape):
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["healthy", "unhealthy"]
+    database: dict[str, Any]
+    redis: dict[str, Any]
+    stages: dict[str, Any]
+
+
+class RiskCalibration(Shape):
+    days: int
+    thresholds: dict[str, int]
+    cameras: list[dict[str, Any]] = Field(
+        description="per camera and risk level: events, feedback (reviewed, alert "
+                    "acknowledged or dismissed), dismissed, confirmed, dismissal_rate "
+                    "(null without feedback)")
+    suggestions: list[str]
+
+
+CalibrationQuery = params(days=(Int(1, 3650), Field(30, description="the window")))
+
 
 api = ApiRoutes("system")
 
 
 @api.get("/api/system/health", "Health of the stores and stages (503 when unhealthy)",
-         response=HEALTH, responses={503: HEALTH}, public=True)
+         response=Health, responses={503: Health}, public=True)
 async def get_health(call: Call) -> web.Response:
     runtime = call.runtime
     healthy, report = await health_report(runtime.health, runtime.pool, runtime.redis)
@@ -61,7 +70,7 @@ async def get_health(call: Call) -> web.Response:
 
 
 @api.get("/api/system/stats", "Row counts, queue depths, dead letters, detector, uptime",
-         response=STATS)
+         response=Stats)
 async def get_stats(call: Call) -> dict:
     runtime = call.runtime
     counts = await row_counts(call.pool, COUNTED_TABLES)
@@ -79,13 +88,13 @@ async def get_stats(call: Call) -> dict:
 
 
 @api.get("/api/system/config", "The effective configuration, secrets redacted",
-         response=Shape({}, extra={"additionalProperties": {"type": "object"}}))
+         response=dict[str, dict[str, Any]])
 async def get_config(call: Call) -> dict:
     return redacted(call.runtime.config)
 
 
 @api.get("/api/system/calibration", "How often people dismissed events, per camera and risk "
-         "level, with suggested band or rule changes", response=CALIBRATION,
-         query={"days": Int(minimum=1, maximum=3650, default=30, description="the window")})
+         "level, with suggested band or rule changes", response=RiskCalibration,
+         query=CalibrationQuery)
 async def get_risk_calibration(call: Call) -> dict:
     return await calibration_report(call.pool, call.runtime.config.analyzer, call.query["days"])

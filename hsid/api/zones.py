@@ -4,20 +4,64 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 import asyncpg
 
-from hsid.api.cameras import CAMERA_PATH, require_camera
-from hsid.api.fields import Arr, Body, Bool, Field, Int, Num, Shape, Str, out
-from hsid.api.queries import Listing, fetch_one, fetch_page, page_of, paged, update_one
+from hsid.api.cameras import CameraPath, require_camera
+from hsid.api.fields import Arr, Body, Field, Int, Num, Shape, Text, columns, params, partial
+from hsid.api.queries import Listing, Page, Paged, fetch_one, fetch_page, update_one
 from hsid.api.routing import ApiRoutes, Audit, Call
 from hsid.core.errors import InvalidInput
 
-ZONE_COLUMNS = (
-    "id, camera_id, name, zone_type, coordinates, shape, color, enabled, priority, "
-    "created_at, updated_at"
-)
+ZONE_TYPES = ("entry_point", "driveway", "sidewalk", "yard", "other")
+SHAPES = ("rectangle", "polygon")
+RECTANGLE_POINTS = (2, 4)  # two opposite corners, or all four
+POLYGON_MIN_POINTS = 3
+ZoneType = Literal[ZONE_TYPES]
+ZoneShape = Literal[SHAPES]
+
+
+class Zone(Shape):
+    id: str
+    camera_id: str
+    name: str
+    zone_type: ZoneType
+    coordinates: Any
+    shape: ZoneShape
+    color: str
+    enabled: bool
+    priority: int
+    created_at: datetime
+    updated_at: datetime
+
+
+Point = Annotated[Arr(Num(0.0, 1.0), 2, 2),
+                  Field(description="[x, y], normalised to 0..1 of the image size")]
+
+
+class ZoneBody(Body):
+    id: Text(64, pattern="[A-Za-z0-9_-]{1,64}") = Field(
+        None, description="default: a generated id")
+    name: Text(min_length=1)
+    zone_type: ZoneType = "other"
+    coordinates: Arr(Point, 2, 64) = Field(
+        description="rectangle: 2 or 4 points; polygon: 3 or more")
+    shape: ZoneShape = "rectangle"
+    color: Text(7, pattern="#[0-9A-Fa-f]{6}") = "#3B82F6"
+    enabled: bool = True
+    priority: Int(0, 1000) = 0
+
+
+ZonePatch = partial(ZoneBody, *(set(ZoneBody.model_fields) - {"id"}),
+                    immutable=frozenset({"id", "camera_id"}))
+ZonePath = params(CameraPath, zone_id=(Text(64), Field(description="zone id")))
+
+ZoneQuery = params(Paged, enabled=(bool, None))
+
+
+ZONE_COLUMNS = columns(Zone)
 SELECT_ZONE = "SELECT " + ZONE_COLUMNS + " FROM zones WHERE id = $1 AND camera_id = $2"
 LOCK_ZONE = SELECT_ZONE + " FOR UPDATE"  # a PATCH checks the merged row, then writes it
 INSERT_ZONE = (
@@ -36,39 +80,6 @@ LIST_ZONES = Listing(
     filters={"camera_id": "camera_id = {}", "enabled": "enabled = {}"},
 )
 
-ZONE_TYPES = ("entry_point", "driveway", "sidewalk", "yard", "other")
-SHAPES = ("rectangle", "polygon")
-RECTANGLE_POINTS = (2, 4)  # two opposite corners, or all four
-POLYGON_MIN_POINTS = 3
-ZONE_PATH = {**CAMERA_PATH, "zone_id": Str(max_length=64, description="zone id")}
-POINT = Arr(items=Num(minimum=0.0, maximum=1.0), min_items=2, max_items=2,
-            description="[x, y], normalised to 0..1 of the image size")
-FIELDS: dict[str, Field] = {
-    "id": Str(pattern="[A-Za-z0-9_-]{1,64}", max_length=64,
-              description="default: a generated id"),
-    "name": Str(min_length=1, required=True),
-    "zone_type": Str(enum=ZONE_TYPES, default="other"),
-    "coordinates": Arr(items=POINT, min_items=2, max_items=64, required=True,
-                       description="rectangle: 2 or 4 points; polygon: 3 or more"),
-    "shape": Str(enum=SHAPES, default="rectangle"),
-    "color": Str(pattern="#[0-9A-Fa-f]{6}", max_length=7, default="#3B82F6"),
-    "enabled": Bool(default=True),
-    "priority": Int(minimum=0, maximum=1000, default=0),
-}
-ZONE = Shape({
-    "id": out("string"),
-    "camera_id": out("string"),
-    "name": out("string"),
-    "zone_type": out("string", enum=list(ZONE_TYPES)),
-    "coordinates": out(None),
-    "shape": out("string", enum=list(SHAPES)),
-    "color": out("string"),
-    "enabled": out("boolean"),
-    "priority": out("integer"),
-    "created_at": out("string", format="date-time"),
-    "updated_at": out("string", format="date-time"),
-})
-
 api = ApiRoutes("zones")
 
 
@@ -82,15 +93,15 @@ def check_shape(zone: Mapping[str, Any]) -> None:
                            field="coordinates")
 
 
-@api.get("/api/cameras/{camera_id}/zones", "List a camera's zones", path_params=CAMERA_PATH,
-         query=paged({"enabled": Bool()}), response=page_of(ZONE))
+@api.get("/api/cameras/{camera_id}/zones", "List a camera's zones", path_params=CameraPath,
+         query=ZoneQuery, response=Page[Zone])
 async def list_zones(call: Call) -> dict:
     await require_camera(call.pool, call.path["camera_id"])
     return await fetch_page(call.pool, LIST_ZONES, {**call.query, **call.path})
 
 
-@api.post("/api/cameras/{camera_id}/zones", "Add a zone to a camera", path_params=CAMERA_PATH,
-          body=Body(FIELDS), status=201, response=ZONE, audit=Audit("zone_created", "zone"))
+@api.post("/api/cameras/{camera_id}/zones", "Add a zone to a camera", path_params=CameraPath,
+          body=ZoneBody, status=201, response=Zone, audit=Audit("zone_created", "zone"))
 async def create_zone(call: Call) -> asyncpg.Record:
     zone = {**call.body, "id": call.body.get("id") or uuid.uuid4().hex}
     call.audit(zone["id"], camera_id=call.path["camera_id"])
@@ -101,18 +112,16 @@ async def create_zone(call: Call) -> asyncpg.Record:
         zone["coordinates"], zone["shape"], zone["color"], zone["enabled"], zone["priority"])
 
 
-@api.get("/api/cameras/{camera_id}/zones/{zone_id}", "Get a zone", path_params=ZONE_PATH,
-         response=ZONE)
+@api.get("/api/cameras/{camera_id}/zones/{zone_id}", "Get a zone", path_params=ZonePath,
+         response=Zone)
 async def get_zone(call: Call) -> asyncpg.Record:
     return await fetch_one(call.pool, SELECT_ZONE, call.path["zone_id"], call.path["camera_id"],
                            what="zone")
 
 
 @api.patch(
-    "/api/cameras/{camera_id}/zones/{zone_id}", "Change a zone", path_params=ZONE_PATH,
-    body=Body({k: v for k, v in FIELDS.items() if k != "id"}, partial=True,
-              immutable=frozenset({"id", "camera_id"})),
-    response=ZONE, audit=Audit("zone_updated", "zone", "zone_id"),
+    "/api/cameras/{camera_id}/zones/{zone_id}", "Change a zone", path_params=ZonePath,
+    body=ZonePatch, response=Zone, audit=Audit("zone_updated", "zone", "zone_id"),
 )
 async def update_zone(call: Call) -> asyncpg.Record:
     keys = (call.path["zone_id"], call.path["camera_id"])
@@ -122,7 +131,7 @@ async def update_zone(call: Call) -> asyncpg.Record:
         return await update_one(conn, UPDATE_ZONE, call.body, *keys, what="zone")
 
 
-@api.delete("/api/cameras/{camera_id}/zones/{zone_id}", "Delete a zone", path_params=ZONE_PATH,
+@api.delete("/api/cameras/{camera_id}/zones/{zone_id}", "Delete a zone", path_params=ZonePath,
             status=204, audit=Audit("zone_deleted", "zone", "zone_id"))
 async def delete_zone(call: Call) -> None:
     await fetch_one(call.pool, DELETE_ZONE, call.path["zone_id"], call.path["camera_id"],

@@ -139,21 +139,52 @@ async def check_models(config: Config) -> CheckResult:
 
 
 async def check_providers(config: Config) -> CheckResult:
+    """Which execution provider the detector will use, and why that one."""
     import onnxruntime
 
     from hsid.core.nvml import gpu_names
+    from hsid.pipeline import detector
 
-    providers = onnxruntime.get_available_providers()
-    # onnxruntime-gpu lists its GPU providers even where no GPU exists; they only work with one.
-    usable_gpu = bool(gpu_names()) and any(
-        p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") for p in providers
-    )
-    if config.detector.require_gpu and not usable_gpu:
-        return CheckResult("onnxruntime", False, f"no usable GPU provider among {providers}",
+    installed = onnxruntime.get_available_providers()
+    usable, reason = detector.usable_providers(installed, gpu_names(),
+                                               detector.tensorrt_loadable())
+    provider = usable[0]
+    if config.detector.require_gpu and provider == detector.CPU_PROVIDER:
+        return CheckResult("onnxruntime", False, f"{provider}: {reason} (installed: "
+                           f"{', '.join(installed)})",
                            "install the NVIDIA driver, CUDA and cuDNN for onnxruntime-gpu, "
                            "or set detector.require_gpu = false")
-    where = "GPU" if usable_gpu else "CPU (no GPU visible)"
-    return CheckResult("onnxruntime", True, f"providers {', '.join(providers)}; runs on {where}")
+    if provider == detector.TENSORRT_PROVIDER:
+        reason += ", " + _engine_cache(config)
+    return CheckResult("onnxruntime", True, f"{provider}: {reason}")
+
+
+def _engine_cache(config: Config) -> str:
+    """Where the TensorRT engine is kept, and whether it is built yet."""
+    from hsid.pipeline import detector
+
+    root = detector.engine_cache_root(config.paths.state_dir)
+    model = Path(config.detector.model)
+    if not model.is_file():
+        return f"engine cached in {root}"
+    folder = detector.engine_dir(root, model, config.detector.batch_size)
+    built = folder.is_dir() and any(folder.glob("*.engine"))
+    state = "built" if built else "built at start-up, before READY (may take minutes)"
+    return f"engine cached in {folder} ({state})"
+
+
+async def check_llm(config: Config) -> CheckResult:
+    """Whether llama.cpp can put the analyzer on the GPU, and how many layers go there."""
+    from hsid.analysis import llm
+    from hsid.core.nvml import gpu_names
+
+    gpu = llm.gpu_offload_supported()
+    model = Path(config.analyzer.model) if config.analyzer.model else None
+    layers = None
+    if gpu and model is not None and model.is_file():
+        layers = llm.block_count(llm.gguf_metadata(model))
+    return CheckResult("llm", True, llm.describe_offload(config.analyzer, gpu,
+                                                         bool(gpu_names()), layers))
 
 
 async def check_gpu(config: Config) -> CheckResult:
@@ -211,7 +242,7 @@ async def _enabled_rule_channels(config: Config) -> list[tuple[str, list[str] | 
 
 CHECKS: tuple[Check, ...] = (
     check_database, check_redis, check_camera_root, check_watch, check_site_time,
-    check_state_dir, check_models, check_providers, check_gpu, check_alerts,
+    check_state_dir, check_models, check_providers, check_gpu, check_llm, check_alerts,
 )
 
 

@@ -3,7 +3,10 @@
 Precedence, lowest first: built-in defaults, the TOML file, the reference's plain
 environment names (DATABASE_URL, REDIS_URL, ...) and watchfiles' WATCHFILES_FORCE_POLLING,
 then `HSID_<SECTION>__<KEY>`.
-Every error names the key and the value, so start-up stops with one clear line.
+The sections are frozen pydantic models. TOML values must have the key's type (an integer
+for an integer, a list for a list); strings, as every environment value is, are parsed:
+numbers, booleans (1/true/yes/on, 0/false/no/off) and lists (a JSON array, or comma-separated
+words). Every error names the key and the value, so start-up stops with one clear line.
 """
 
 from __future__ import annotations
@@ -14,14 +17,15 @@ import json
 import os
 import re
 import tomllib
-import types
-import typing
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic.functional_validators import field_validator, model_validator
 
 from hsid.core.errors import ConfigError
 
@@ -43,7 +47,7 @@ COCO_DEFAULT_CLASSES = (
     "person", "bicycle", "car", "motorcycle", "bus", "truck", "bird", "cat", "dog",
 )
 
-LOG_LEVEL_PATTERN = r"(?i)debug|info|warning|error|critical"
+LOG_LEVEL_PATTERN = r"^(?i:debug|info|warning|error|critical)\Z"
 
 # Names uploads use while in progress (watcher.temp_patterns; globs, case-insensitive):
 # - leading dot: ProFTPD's HiddenStores (`.in.snap.jpg.`), Pure-FTPd (`.pureftpd-upload.*`),
@@ -62,167 +66,269 @@ WATCHFILES_POLLING_OFF = frozenset({"false", "disable", "disabled"})
 LOCALTIME = "/etc/localtime"
 TIMEZONE_FILE = "/etc/timezone"  # Debian's plain-text zone name
 
+# --- Key types. Strict: a TOML value must have the key's type (no 1 for true, no 8.0 for 8).
+# A string, as every environment value is, is parsed first; what does not parse goes on
+# unchanged, and the strict check's error names the key and the value.
 
-def _range(lo: float | None = None, hi: float | None = None, **kw: Any) -> Any:
-    """A dataclass field whose value must lie in [lo, hi]."""
-    return field(metadata={"min": lo, "max": hi}, **kw)
-
-
-def _pattern(regex: str, hint: str, **kw: Any) -> Any:
-    return field(metadata={"pattern": regex, "hint": hint}, **kw)
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True,
+               "0": False, "false": False, "no": False, "off": False}
 
 
-@dataclass(frozen=True, slots=True)
-class PathsConfig:
-    camera_root: Path = Path("/srv/hsid/cameras")
-    state_dir: Path = Path("/var/lib/hsid")
+def _from_text(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
+    def before(value: Any) -> Any:
+        with contextlib.suppress(ValueError, LookupError):
+            return parse(value) if isinstance(value, str) else value
+        return value
+
+    return before
 
 
-@dataclass(frozen=True, slots=True)
-class DatabaseConfig:
-    url: str = ""  # empty: embedded PostgreSQL under state_dir
-    pool_min: int = _range(1, 100, default=1)
-    pool_max: int = _range(1, 200, default=10)
-    connect_timeout_seconds: float = _range(0.1, 300, default=10.0)
+def _parse_list(value: Any, item: Callable[[Any], Any] = lambda item: item) -> Any:
+    """A list; from a string, a JSON array or comma-separated words. Empty items dropped."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        with contextlib.suppress(json.JSONDecodeError):
+            value = json.loads(value)
+    elif isinstance(value, str):
+        value = [word.strip() for word in value.split(",")]
+    return tuple(item(i) for i in value if i != "") if isinstance(value, list | tuple) else value
 
 
-@dataclass(frozen=True, slots=True)
-class RedisConfig:
-    url: str = ""  # empty: embedded redis-server under state_dir
+def _parse_polling(value: Any) -> bool | str:
+    if isinstance(value, str):
+        value = _BOOL_WORDS.get(value.strip().lower(), value.strip().lower())
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError("expected true, false or 'auto'")
+
+
+def _channels(lo: float, hi: float) -> AfterValidator:
+    """One number per colour channel (R, G, B), each in [lo, hi]."""
+
+    def check(value: tuple[float, ...]) -> tuple[float, ...]:
+        if len(value) != 3:
+            raise ValueError("expected 3 numbers")
+        if not all(lo <= v <= hi for v in value):
+            raise ValueError(f"each must be between {lo} and {hi}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _known_channels(channels: tuple[str, ...]) -> tuple[str, ...]:
+    if unknown := [c for c in channels if c not in ALERT_CHANNELS]:
+        raise ValueError(f"unknown channel {', '.join(unknown)}; "
+                         f"expected some of {', '.join(ALERT_CHANNELS)}")
+    return channels
+
+
+def _mqtt_url(url: str) -> str:
+    if url and not re.fullmatch(r"mqtts?://([^@/]+@)?[^@/:]+(:\d+)?/?", url):
+        raise ValueError("expected mqtt://[user:password@]host[:port] (or mqtts://)")
+    return url
+
+
+_parse_float = _from_text(float)
+Bool = Annotated[bool, BeforeValidator(_from_text(lambda text: _BOOL_WORDS[text.strip().lower()]))]
+Int = Annotated[int, BeforeValidator(_from_text(int))]
+Float = Annotated[float, BeforeValidator(_parse_float)]
+FsPath = Annotated[Path, BeforeValidator(_from_text(lambda text: Path(text) if text else text))]
+Strings = Annotated[tuple[str, ...], BeforeValidator(_parse_list)]
+# An after-check is put before the parsing, so that its error shows the parsed value.
+_numbers = BeforeValidator(lambda value: _parse_list(value, _parse_float))
+Mean = Annotated[tuple[float, ...], _channels(-10.0, 10.0), _numbers]
+Std = Annotated[tuple[float, ...], _channels(1e-6, 10.0), _numbers]
+Channels = Annotated[tuple[str, ...], AfterValidator(_known_channels), BeforeValidator(_parse_list)]
+MqttUrl = Annotated[str, AfterValidator(_mqtt_url)]
+
+# Secrets (json_schema_extra={"secret": mask}) as redacted() shows them: a URL with its
+# password hidden, nothing of the value, or an Apprise URL's scheme alone (its tokens sit
+# in the host and path).
+_MASKS: dict[str, Callable[[str], str]] = {
+    "password": lambda url: _redact_url(url),
+    "whole": lambda value: "***" if value else value,
+    "scheme": lambda url: (url.split("://", 1)[0] + "://***" if "://" in url else "***") if url
+    else url,
+}
+PASSWORD, WHOLE, SCHEME = ({"secret": mask} for mask in _MASKS)
+
+# pydantic's type errors in the words of the old hand-written checks.
+_EXPECTED = {"bool_type": "true or false", "int_type": "an integer", "float_type": "a number",
+             "string_type": "a string", "tuple_type": "a list", "is_instance_of": "a path"}
+
+
+class Section(BaseModel):
+    """A frozen config section (and Config itself, the sections): unknown keys are errors;
+    a key's `description` says in words what its pattern expects."""
+
+    # Patterns are Python's re (root_camera's look-ahead), anchored with ^...\Z as fullmatch.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, regex_engine="python-re")
+
+
+class PathsConfig(Section):
+    camera_root: FsPath = Path("/srv/hsid/cameras")
+    state_dir: FsPath = Path("/var/lib/hsid")
+
+
+class DatabaseConfig(Section):
+    # Empty: embedded PostgreSQL under state_dir.
+    url: str = Field("", json_schema_extra=PASSWORD)
+    pool_min: Int = Field(1, ge=1, le=100)
+    pool_max: Int = Field(10, ge=1, le=200)
+    connect_timeout_seconds: Float = Field(10.0, ge=0.1, le=300)
+
+    @model_validator(mode="after")
+    def _pool(self) -> DatabaseConfig:
+        if self.pool_min > self.pool_max:
+            raise ValueError(f"config key database.pool_min = {self.pool_min}: "
+                             f"must not exceed database.pool_max = {self.pool_max}")
+        return self
+
+
+class RedisConfig(Section):
+    # Empty: embedded redis-server under state_dir.
+    url: str = Field("", json_schema_extra=PASSWORD)
     # Put before every key and pub/sub channel; channels ignore the database number, so
     # installs sharing one Redis need different prefixes. Empty: the reference's names.
-    prefix: str = _pattern(r"[A-Za-z0-9_.:/-]{0,64}",
-                           "up to 64 letters, digits or _ . : / - (e.g. 'garage:')", default="")
+    prefix: str = Field("", pattern=r"^[A-Za-z0-9_.:/-]{0,64}\Z", description=(
+        "up to 64 letters, digits or _ . : / - (e.g. 'garage:')"))
 
 
-@dataclass(frozen=True, slots=True)
-class ApiConfig:
+class ApiConfig(Section):
     host: str = "127.0.0.1"
-    port: int = _range(0, 65535, default=8000)
-    max_body_bytes: int = _range(1024, 1 << 30, default=1 << 20)
-    api_key_enabled: bool = False
+    port: Int = Field(8000, ge=0, le=65535)
+    max_body_bytes: Int = Field(1 << 20, ge=1024, le=1 << 30)
+    api_key_enabled: Bool = False
     # "name:key" or bare "key" (named key-1, key-2, ...); hashed into api_keys at start-up.
-    api_keys: tuple[str, ...] = ()
-    frontend_logs_per_minute: int = _range(1, 100_000, default=120)
+    api_keys: Strings = Field((), json_schema_extra=WHOLE)
+    frontend_logs_per_minute: Int = Field(120, ge=1, le=100_000)
     # Where people reach the API from outside ("https://hsid.example.net"): alert links and
     # pictures are absolute URLs under it. Empty: they are paths ("/api/events/7/snapshot").
-    public_url: str = _pattern(r"(https?://[^\s/?#@]+(/[^\s?#]*)?)?", "an http(s):// URL "
-                               "such as https://hsid.example.net (or empty)", default="")
+    public_url: str = Field("", pattern=r"^(https?://[^\s/?#@]+(/[^\s?#]*)?)?\Z", description=(
+        "an http(s):// URL such as https://hsid.example.net (or empty)"))
 
 
-@dataclass(frozen=True, slots=True)
-class LoggingConfig:
-    level: str = _pattern(LOG_LEVEL_PATTERN, "a log level", default="info")
-    db_level: str = _pattern(LOG_LEVEL_PATTERN, "a log level", default="info")
-    db_buffer_records: int = _range(10, 1_000_000, default=10_000)
+class LoggingConfig(Section):
+    level: str = Field("info", pattern=LOG_LEVEL_PATTERN, description="a log level")
+    db_level: str = Field("info", pattern=LOG_LEVEL_PATTERN, description="a log level")
+    db_buffer_records: Int = Field(10_000, ge=10, le=1_000_000)
 
 
-@dataclass(frozen=True, slots=True)
-class QueueConfig:
-    max_attempts: int = _range(1, 100, default=3)
-    max_length: int = _range(1, 10_000_000, default=10_000)
-    retry_base_seconds: float = _range(0.0, 3600, default=1.0)
+class QueueConfig(Section):
+    max_attempts: Int = Field(3, ge=1, le=100)
+    max_length: Int = Field(10_000, ge=1, le=10_000_000)
+    retry_base_seconds: Float = Field(1.0, ge=0.0, le=3600)
 
 
-@dataclass(frozen=True, slots=True)
-class WatcherConfig:
-    settle_seconds: float = _range(0.0, 600, default=1.0)
-    jpeg_settle_seconds: float = _range(0.0, 600, default=0.25)
-    stall_seconds: float = _range(0.0, 86_400, default=30.0)  # then taken as it is
-    startup_lookback_hours: float = _range(0.0, 24 * 365, default=24.0)
-    offline_after_minutes: float = _range(0.0, 525_600, default=0.0)
+class WatcherConfig(Section):
+    settle_seconds: Float = Field(1.0, ge=0.0, le=600)
+    jpeg_settle_seconds: Float = Field(0.25, ge=0.0, le=600)
+    stall_seconds: Float = Field(30.0, ge=0.0, le=86_400)  # then taken as it is
+    startup_lookback_hours: Float = Field(24.0, ge=0.0, le=24 * 365)
+    offline_after_minutes: Float = Field(0.0, ge=0.0, le=525_600)
     # Where a file's camera comes from (cameras/layout.py): a regex whose `camera` group,
     # searched in the file's path under the root, names it; then the top-level folder; a
     # file straight in the root belongs to `root_camera`.
-    camera_pattern: str = field(default="", metadata={"regex_group": "camera"})
-    root_camera: str = _pattern(r"(?=.*\S)[^/\x00]{1,64}", "a camera name of 1 to 64 "
-                                "characters, without /", default="unsorted")
-    temp_patterns: tuple[str, ...] = DEFAULT_TEMP_PATTERNS
+    camera_pattern: str = ""
+    root_camera: str = Field("unsorted", pattern=r"^(?=.*\S)[^/\x00]{1,64}\Z", description=(
+        "a camera name of 1 to 64 characters, without /"))
+    temp_patterns: Strings = DEFAULT_TEMP_PATTERNS
     # "auto": poll where inotify misses changes (network and overlay file systems).
-    polling: bool | Literal["auto"] = "auto"
-    poll_interval_seconds: float = _range(0.05, 3600, default=1.0)
+    polling: Annotated[bool | Literal["auto"], BeforeValidator(_parse_polling)] = "auto"
+    poll_interval_seconds: Float = Field(1.0, ge=0.05, le=3600)
     # A capture time (pipeline/capture_time.py) older than this before the snapshot arrived,
     # or later than its arrival, is not believed: the arrival time is used. 0: always.
-    max_backlog_hours: float = _range(0.0, 24 * 365, default=72.0)
+    max_backlog_hours: Float = Field(72.0, ge=0.0, le=24 * 365)
+
+    @field_validator("camera_pattern")
+    @classmethod
+    def _camera_group(cls, value: str) -> str:
+        try:
+            compiled = re.compile(value)
+        except re.error as err:
+            raise ValueError(f"not a regular expression ({err})") from err
+        if value and "camera" not in compiled.groupindex:
+            raise ValueError("needs a named group (?P<camera>...)")
+        return value
 
 
-@dataclass(frozen=True, slots=True)
-class DedupeConfig:
-    ttl_seconds: int = _range(1, 31 * 86_400, default=300)
+class DedupeConfig(Section):
+    ttl_seconds: Int = Field(300, ge=1, le=31 * 86_400)
 
 
-@dataclass(frozen=True, slots=True)
-class DetectorConfig:
+class DetectorConfig(Section):
     model: str = ""  # RT-DETRv2 ONNX file
-    confidence: float = _range(0.0, 1.0, default=0.5)
-    classes: tuple[str, ...] = COCO_DEFAULT_CLASSES
-    batch_size: int = _range(1, 64, default=4)
-    require_gpu: bool = False
-    threads: int = _range(0, 256, default=0)  # 0: half the cores (the LLM gets the rest)
-    max_pixels: int = _range(1, 1 << 31, default=50_000_000)  # refuses decompression bombs
-    thumbnail_size: int = _range(16, 4096, default=320)
+    confidence: Float = Field(0.5, ge=0.0, le=1.0)
+    classes: Strings = COCO_DEFAULT_CLASSES
+    batch_size: Int = Field(4, ge=1, le=64)
+    require_gpu: Bool = False
+    threads: Int = Field(0, ge=0, le=256)  # 0: half the cores (the LLM gets the rest)
+    max_pixels: Int = Field(50_000_000, ge=1, le=1 << 31)  # refuses decompression bombs
+    thumbnail_size: Int = Field(320, ge=16, le=4096)
 
 
-@dataclass(frozen=True, slots=True)
-class AnalyzerConfig:
+class AnalyzerConfig(Section):
     model: str = ""  # GGUF file; empty: rule-based scoring only
-    timeout_seconds: float = _range(1.0, 3600, default=60.0)
-    n_ctx: int = _range(256, 131_072, default=4096)
-    n_gpu_layers: int = _range(-1, 1000, default=-1)
-    threads: int = _range(0, 256, default=0)  # 0: the cores the detector does not use
-    risk_medium: int = _range(0, 100, default=30)
-    risk_high: int = _range(0, 100, default=60)
-    risk_critical: int = _range(0, 100, default=85)
+    timeout_seconds: Float = Field(60.0, ge=1.0, le=3600)
+    n_ctx: Int = Field(4096, ge=256, le=131_072)
+    n_gpu_layers: Int = Field(-1, ge=-1, le=1000)
+    threads: Int = Field(0, ge=0, le=256)  # 0: the cores the detector does not use
+    risk_medium: Int = Field(30, ge=0, le=100)
+    risk_high: Int = Field(60, ge=0, le=100)
+    risk_critical: Int = Field(85, ge=0, le=100)
     # Fair scheduling: a camera never takes more than this many analyses in a row while
     # another camera's job waits (fast path first, then batches round-robin).
-    max_consecutive: int = _range(1, 1000, default=2)
+    max_consecutive: Int = Field(2, ge=1, le=1000)
     # LLM analyses per camera per clock hour; beyond it a camera's batches are scored by the
     # rules (fast-path snapshots still get the LLM). 30: a camera busy all hour closes a
     # batch every 90 s window (40 an hour) plus a fast path per episode; 30 keeps the LLM on
     # roughly every other of those, and at the 2-17 s per analysis of a CPU (BENCHMARKS.md)
     # caps one busy camera at about 8 minutes of LLM time an hour, so the LLM stays free
     # for the other cameras. 0: no budget.
-    max_per_camera_hour: int = _range(0, 100_000, default=30)
+    max_per_camera_hour: Int = Field(30, ge=0, le=100_000)
+
+    @model_validator(mode="after")
+    def _risk_levels_rise(self) -> AnalyzerConfig:
+        if not self.risk_medium < self.risk_high < self.risk_critical:
+            raise ValueError(
+                "config keys analyzer.risk_medium < risk_high < risk_critical must rise, got "
+                f"{self.risk_medium}, {self.risk_high}, {self.risk_critical}")
+        return self
 
 
-@dataclass(frozen=True, slots=True)
-class BatchConfig:
-    window_seconds: float = _range(0.1, 86_400, default=90.0)
-    idle_seconds: float = _range(0.1, 86_400, default=30.0)
-    max_detections: int = _range(1, 100_000, default=500)
-    sweep_interval_seconds: float = _range(0.05, 1.0, default=1.0)
-    fast_path_enabled: bool = True
-    fast_path_classes: tuple[str, ...] = ("person",)
-    fast_path_confidence: float = _range(0.0, 1.0, default=0.90)
+class BatchConfig(Section):
+    window_seconds: Float = Field(90.0, ge=0.1, le=86_400)
+    idle_seconds: Float = Field(30.0, ge=0.1, le=86_400)
+    max_detections: Int = Field(500, ge=1, le=100_000)
+    sweep_interval_seconds: Float = Field(1.0, ge=0.05, le=1.0)
+    fast_path_enabled: Bool = True
+    fast_path_classes: Strings = ("person",)
+    fast_path_confidence: Float = Field(0.90, ge=0.0, le=1.0)
     # A snapshot captured this long before it arrived is a backlog (an upload after an
     # outage): batched with the rest of its backlog by capture time, never with live ones.
-    backlog_seconds: float = _range(1.0, 86_400, default=300.0)
+    backlog_seconds: Float = Field(300.0, ge=1.0, le=86_400)
 
 
-@dataclass(frozen=True, slots=True)
-class RetentionConfig:
-    days: int = _range(1, 36_500, default=30)
-    log_days: int = _range(1, 36_500, default=7)
-    cleanup_time: str = _pattern(r"([01]\d|2[0-3]):[0-5]\d", "HH:MM", default="03:00")
-    delete_images: bool = False
+class RetentionConfig(Section):
+    days: Int = Field(30, ge=1, le=36_500)
+    log_days: Int = Field(7, ge=1, le=36_500)
+    cleanup_time: str = Field("03:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d\Z",
+                              description="HH:MM")
+    delete_images: Bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class GpuConfig:
-    poll_seconds: float = _range(0.5, 3600, default=5.0)
-    status_interval_seconds: float = _range(0.5, 3600, default=5.0)
+class GpuConfig(Section):
+    poll_seconds: Float = Field(5.0, ge=0.5, le=3600)
+    status_interval_seconds: Float = Field(5.0, ge=0.5, le=3600)
 
 
-@dataclass(frozen=True, slots=True)
-class BaselinesConfig:
-    enabled: bool = True  # false: no baseline updates, and none in the prompt
-    decay: float = _range(0.01, 1.0, default=0.1)  # the newest hour's weight in the average
-    min_samples: int = _range(1, 10_000, default=4)  # history a slot needs to be quoted
+class BaselinesConfig(Section):
+    enabled: Bool = True  # false: no baseline updates, and none in the prompt
+    decay: Float = Field(0.1, ge=0.01, le=1.0)  # the newest hour's weight in the average
+    min_samples: Int = Field(4, ge=1, le=10_000)  # history a slot needs to be quoted
 
 
-@dataclass(frozen=True, slots=True)
-class SceneConfig:
-    enabled: bool = True  # watch each camera's view for tamper (covered, blinded, turned)
+class SceneConfig(Section):
+    enabled: Bool = True  # watch each camera's view for tamper (covered, blinded, turned)
 
 
 # ImageNet's per-channel (R, G, B) statistics: what most image embedders were trained with.
@@ -230,78 +336,81 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _channels(lo: float, hi: float, default: tuple[float, ...]) -> Any:
-    """A field of one number per colour channel (R, G, B), each in [lo, hi]."""
-    return field(default=default, metadata={"length": 3, "each": (lo, hi)})
-
-
-@dataclass(frozen=True, slots=True)
-class EntitiesConfig:
+class EntitiesConfig(Section):
     # Re-identification (entities/matcher.py): an ONNX image embedder, input f32 [N,3,H,W]
     # (RGB 0..1, then (x - mean) / std), output [N,D]. Empty: entities off.
     model: str = ""
-    mean: tuple[float, ...] = _channels(-10.0, 10.0, IMAGENET_MEAN)
-    std: tuple[float, ...] = _channels(1e-6, 10.0, IMAGENET_STD)
-    threshold: float = _range(0.0, 1.0, default=0.80)  # cosine similarity: the same entity
-    window_hours: float = _range(0.01, 24 * 365, default=24.0)  # entities seen this recently
+    mean: Mean = IMAGENET_MEAN
+    std: Std = IMAGENET_STD
+    threshold: Float = Field(0.80, ge=0.0, le=1.0)  # cosine similarity: the same entity
+    window_hours: Float = Field(24.0, ge=0.01, le=24 * 365)  # entities seen this recently
     # Vehicles may have a model of their own (a vehicle re-id or CLIP image encoder);
     # empty: `model` embeds vehicles too, with mean, std and threshold above.
     vehicle_model: str = ""
-    vehicle_mean: tuple[float, ...] = _channels(-10.0, 10.0, IMAGENET_MEAN)
-    vehicle_std: tuple[float, ...] = _channels(1e-6, 10.0, IMAGENET_STD)
-    vehicle_threshold: float = _range(0.0, 1.0, default=0.80)
+    vehicle_mean: Mean = IMAGENET_MEAN
+    vehicle_std: Std = IMAGENET_STD
+    vehicle_threshold: Float = Field(0.80, ge=0.0, le=1.0)
     # How long the analyzer waits, after a detection, for its entity before it assesses
     # without one: embeddings are computed after the detections are batched.
-    wait_seconds: float = _range(0.0, 60.0, default=2.0)
+    wait_seconds: Float = Field(2.0, ge=0.0, le=60.0)
 
 
-@dataclass(frozen=True, slots=True)
-class SiteConfig:
+class SiteConfig(Section):
     # The house's time zone, an IANA name ("America/Los_Angeles"): night and day, the
     # prompt's local time, alert schedules without a zone of their own, baseline hours and
     # the daily cleanup time. Empty: the system's zone (site_zone).
-    timezone: str = field(default="", metadata={"timezone": True})
+    timezone: str = ""
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana(cls, value: str) -> str:
+        if value and _zone(value) is None:
+            raise ValueError("expected an IANA time zone name such as Europe/Berlin "
+                             "(or empty for the system's zone)")
+        return value
 
 
 ALERT_CHANNELS = ("log", "webhook", "mqtt", "apprise")
 
 
-@dataclass(frozen=True, slots=True)
-class AlertsConfig:
+class AlertsConfig(Section):
     # Channels of a rule whose `channels` is empty; each of ALERT_CHANNELS.
-    default_channels: tuple[str, ...] = ("log",)
-    webhook_url: str = ""  # POSTs the alert as JSON; empty: the webhook channel fails
-    webhook_hmac_key: str = ""  # set: X-Hsid-Signature: sha256=<HMAC-SHA256 of the body>
-    webhook_timeout_seconds: float = _range(0.5, 300, default=10.0)
-    mqtt_url: str = ""  # mqtt://[user:password@]host[:port]; empty: the mqtt channel fails
+    default_channels: Channels = ("log",)
+    # POSTs the alert as JSON; empty: the webhook channel fails. Shown as its scheme alone:
+    # Slack, Discord and most webhook URLs carry their token in the path.
+    webhook_url: str = Field("", json_schema_extra=SCHEME)
+    # Set: X-Hsid-Signature: sha256=<HMAC-SHA256 of the body>.
+    webhook_hmac_key: str = Field("", json_schema_extra=WHOLE)
+    webhook_timeout_seconds: Float = Field(10.0, ge=0.5, le=300)
+    # mqtt://[user:password@]host[:port]; empty: [mqtt] url, else the mqtt channel fails.
+    mqtt_url: MqttUrl = Field("", json_schema_extra=PASSWORD)
     mqtt_topic: str = "hsid/alerts"  # the alert goes to <topic>/<camera_id>
     # Apprise URLs (ntfy://, pover://, tgram://, ...): the apprise channel sends to each,
     # with the annotated snapshot attached. Secrets: redacted in the API and the logs.
-    apprise_urls: tuple[str, ...] = ()
-    image_width: int = _range(64, 7680, default=1280)  # pictures sent: at most this wide
-    max_attempts: int = _range(1, 100, default=5)  # per channel
-    retry_base_seconds: float = _range(0.0, 3600, default=5.0)  # doubled after each failure
-    poll_seconds: float = _range(0.05, 60, default=1.0)
+    apprise_urls: Strings = Field((), json_schema_extra=SCHEME)
+    image_width: Int = Field(1280, ge=64, le=7680)  # pictures sent: at most this wide
+    max_attempts: Int = Field(5, ge=1, le=100)  # per channel
+    retry_base_seconds: Float = Field(5.0, ge=0.0, le=3600)  # doubled after each failure
+    poll_seconds: Float = Field(1.0, ge=0.05, le=60)
 
 
 # An MQTT topic prefix: words separated by "/", no wildcards, no empty levels.
-TOPIC_PREFIX = r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*"
+TOPIC_PREFIX = r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*\Z"
 
 
-@dataclass(frozen=True, slots=True)
-class MqttConfig:
+class MqttConfig(Section):
     # Home Assistant through MQTT discovery (hsid/homeassistant/). Empty url: off.
-    url: str = ""  # mqtt://[user:password@]host[:port], or mqtts:// for TLS
-    discovery_prefix: str = _pattern(TOPIC_PREFIX, "MQTT topic levels such as "
-                                     "homeassistant", default="homeassistant")
-    topic_prefix: str = _pattern(TOPIC_PREFIX, "MQTT topic levels such as hsid",
-                                 default="hsid")
+    # mqtt://[user:password@]host[:port], or mqtts:// for TLS.
+    url: MqttUrl = Field("", json_schema_extra=PASSWORD)
+    discovery_prefix: str = Field("homeassistant", pattern=TOPIC_PREFIX, description=(
+        "MQTT topic levels such as homeassistant"))
+    topic_prefix: str = Field("hsid", pattern=TOPIC_PREFIX, description=(
+        "MQTT topic levels such as hsid"))
     # A camera's person/vehicle/animal sensor turns off this long after its last detection.
-    clear_seconds: float = _range(1.0, 86_400, default=30.0)
+    clear_seconds: Float = Field(30.0, ge=1.0, le=86_400)
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
+class Config(Section):
     paths: PathsConfig = PathsConfig()
     site: SiteConfig = SiteConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -365,157 +474,40 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
 
 
 def _apply(config: Config, raw: Mapping[str, Any], source: str) -> Config:
-    sections = {f.name: f for f in fields(Config)}
-    updated: dict[str, Any] = {}
-    for section_name, values in raw.items():
-        if section_name not in sections:
-            raise ConfigError(f"unknown config section [{section_name}] (from {source})")
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"config section [{section_name}] must be a table, got {values!r}")
-        section = getattr(config, section_name)
-        updated[section_name] = _apply_section(section_name, section, values, source)
-    config = replace(config, **updated)
-    _check_cross_field(config)
-    return config
+    """`config` with the sections' keys in `raw` replaced, validated as a whole."""
+    data = dict(config)
+    for name, values in raw.items():
+        section = data.get(name)
+        data[name] = ({**dict(section), **values}
+                      if isinstance(section, Section) and isinstance(values, Mapping)
+                      else values)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise _config_error(err, source) from err
 
 
-def _apply_section(name: str, section: Any, values: Mapping[str, Any], source: str) -> Any:
-    hints = typing.get_type_hints(type(section))
-    known = {f.name: f for f in fields(section)}
-    changes: dict[str, Any] = {}
-    for key, value in values.items():
-        dotted = f"{name}.{key}"
-        if key not in known:
-            raise ConfigError(f"unknown config key {dotted} = {value!r} (from {source})")
-        parsed = _coerce(dotted, value, hints[key])
-        _check_field(dotted, parsed, known[key].metadata)
-        changes[key] = parsed
-    return replace(section, **changes)
-
-
-def _coerce(dotted: str, value: Any, hint: Any) -> Any:
-    """Turn a TOML value or an environment string into the field's type, or raise naming it."""
-    from_env = isinstance(value, str)
-
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(f"config key {dotted} = {value!r}: expected {expected}")
-
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # bool | Literal["auto"]
-        words = [word for arg in typing.get_args(hint) for word in typing.get_args(arg)]
-        if isinstance(value, str) and value.strip().lower() in words:
-            return value.strip().lower()
-        if isinstance(value, bool) or from_env:
-            with contextlib.suppress(ConfigError):
-                return _coerce(dotted, value, bool)
-        raise bad("true, false or " + " or ".join(repr(word) for word in words))
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if from_env and value.strip().lower() in ("1", "true", "yes", "on"):
-            return True
-        if from_env and value.strip().lower() in ("0", "false", "no", "off"):
-            return False
-        raise bad("true or false")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if from_env and re.fullmatch(r"\s*[-+]?\d+\s*", value):
-            return int(value)
-        raise bad("an integer")
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if from_env:
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise bad("a number")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise bad("a string")
-    if hint is Path:
-        if isinstance(value, str) and value:
-            return Path(value)
-        raise bad("a path")
-    if hint == tuple[float, ...]:
-        items = _split_list(value) if from_env else value
-        try:
-            numbers = tuple(float(_coerce(dotted, i, float)) for i in items)
-        except (ConfigError, TypeError, ValueError):
-            raise bad("a list of numbers") from None
-        if isinstance(items, list):
-            return numbers
-        raise bad("a list of numbers")
-    if typing.get_origin(hint) is tuple or isinstance(hint, types.GenericAlias):
-        items = _split_list(value) if from_env else value
-        if isinstance(items, list) and all(isinstance(i, str) for i in items):
-            return tuple(i for i in items if i)
-        raise bad("a list of strings")
-    raise ConfigError(f"config key {dotted}: unsupported type {hint!r}")  # a bug in this module
-
-
-def _split_list(value: str) -> Any:
-    """An environment list: a JSON array, or comma-separated words."""
-    text = value.strip()
-    if text.startswith("["):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return None
-    return [part.strip() for part in text.split(",")]
-
-
-def _check_field(dotted: str, value: Any, metadata: Mapping[str, Any]) -> None:
-    if (length := metadata.get("length")) is not None and len(value) != length:
-        raise ConfigError(f"config key {dotted} = {list(value)!r}: expected {length} numbers")
-    if (each := metadata.get("each")) and not all(each[0] <= v <= each[1] for v in value):
-        raise ConfigError(f"config key {dotted} = {list(value)!r}: each must be between "
-                          f"{each[0]} and {each[1]}")
-    lo, hi = metadata.get("min"), metadata.get("max")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ConfigError(f"config key {dotted} = {value!r}: must be between {lo} and {hi}")
-    if (pattern := metadata.get("pattern")) and not re.fullmatch(pattern, value):
-        raise ConfigError(f"config key {dotted} = {value!r}: expected {metadata['hint']}")
-    if metadata.get("timezone") and value and _zone(value) is None:
-        raise ConfigError(f"config key {dotted} = {value!r}: expected an IANA time zone "
-                          "name such as Europe/Berlin (or empty for the system's zone)")
-    if (group := metadata.get("regex_group")) and value:
-        try:
-            compiled = re.compile(value)
-        except re.error as err:
-            raise ConfigError(
-                f"config key {dotted} = {value!r}: not a regular expression ({err})") from err
-        if group not in compiled.groupindex:
-            raise ConfigError(
-                f"config key {dotted} = {value!r}: needs a named group (?P<{group}>...)")
-
-
-def _check_cross_field(config: Config) -> None:
-    a = config.analyzer
-    if not a.risk_medium < a.risk_high < a.risk_critical:
-        raise ConfigError(
-            "config keys analyzer.risk_medium < risk_high < risk_critical must rise, got "
-            f"{a.risk_medium}, {a.risk_high}, {a.risk_critical}"
-        )
-    if config.database.pool_min > config.database.pool_max:
-        raise ConfigError(
-            f"config key database.pool_min = {config.database.pool_min}: "
-            f"must not exceed database.pool_max = {config.database.pool_max}"
-        )
-    if unknown := [c for c in config.alerts.default_channels if c not in ALERT_CHANNELS]:
-        raise ConfigError(
-            f"config key alerts.default_channels = {list(config.alerts.default_channels)!r}: "
-            f"unknown channel {', '.join(unknown)}; expected some of {', '.join(ALERT_CHANNELS)}"
-        )
-    for dotted, url in (("alerts.mqtt_url", config.alerts.mqtt_url),
-                        ("mqtt.url", config.mqtt.url)):
-        if url and not re.fullmatch(r"mqtts?://([^@/]+@)?[^@/:]+(:\d+)?/?", url):
-            raise ConfigError(
-                f"config key {dotted} = {_redact_url(url)!r}: "
-                "expected mqtt://[user:password@]host[:port] (or mqtts://)"
-            )
+def _config_error(error: ValidationError, source: str) -> ConfigError:
+    """pydantic's first error as one line naming the key (`detector.confidence = 1.5: ...`)."""
+    first = error.errors()[0]
+    loc, value, kind = first["loc"], first["input"], first["type"]
+    dotted = ".".join(map(str, loc[:2])) + "".join(f"[{i}]" for i in loc[2:])
+    if kind == "extra_forbidden":
+        what = f"section [{dotted}]" if len(loc) == 1 else f"key {dotted} = {value!r}"
+        return ConfigError(f"unknown config {what} (from {source})")
+    if len(loc) == 1 and kind == "model_type":
+        return ConfigError(f"config section [{dotted}] must be a table, got {value!r}")
+    message = f"expected {_EXPECTED[kind]}" if kind in _EXPECTED else first["msg"]
+    if kind == "value_error":
+        message = str(first["ctx"]["error"])
+    elif kind == "string_pattern_mismatch":  # the key's description says what it expects
+        section: Any = Config.model_fields[str(loc[0])].annotation
+        message = f"expected {section.model_fields[str(loc[1])].description}"
+    if len(loc) == 1:  # a check across a section's keys: the message names them
+        return ConfigError(message)
+    shown = list(value) if isinstance(value, tuple) else (
+        _redact_url(value) if isinstance(value, str) else value)
+    return ConfigError(f"config key {dotted} = {shown!r}: {message}")
 
 
 def site_zone(site: SiteConfig, environ: Mapping[str, str] | None = None) -> tzinfo:
@@ -581,37 +573,26 @@ def alert_settings(config: Config) -> AlertsConfig:
     ([mqtt] url), so one broker setting serves both."""
     if config.alerts.mqtt_url or not config.mqtt.url:
         return config.alerts
-    return replace(config.alerts, mqtt_url=config.mqtt.url)
+    return config.alerts.model_copy(update={"mqtt_url": config.mqtt.url})
 
 
 def redacted(config: Config) -> dict[str, dict[str, Any]]:
-    """The effective configuration as plain JSON-able data, secrets replaced."""
+    """The effective configuration as plain JSON-able data, secrets (the keys marked
+    `secret`) replaced as _MASKS says."""
     out: dict[str, dict[str, Any]] = {}
-    for section_field in fields(config):
-        section = getattr(config, section_field.name)
-        values: dict[str, Any] = {}
-        for f in fields(section):
-            value = getattr(section, f.name)
-            values[f.name] = list(value) if isinstance(value, tuple) else (
-                str(value) if isinstance(value, Path) else value
-            )
-        out[section_field.name] = values
-    out["api"]["api_keys"] = ["***"] * len(config.api.api_keys)
-    for section, key in (("database", "url"), ("redis", "url"), ("alerts", "mqtt_url"),
-                         ("mqtt", "url")):
-        out[section][key] = _redact_url(out[section][key])
-    # An Apprise URL is a secret as a whole (tokens sit in its host and path): the scheme
-    # says which service it is, and no more is shown.
-    out["alerts"]["apprise_urls"] = [url.split("://", 1)[0] + "://***" if "://" in url
-                                     else "***" for url in config.alerts.apprise_urls]
-    if config.alerts.webhook_hmac_key:
-        out["alerts"]["webhook_hmac_key"] = "***"
+    for name, section in config:
+        values = out[name] = section.model_dump(mode="json")
+        for key, field in type(section).model_fields.items():
+            extra = field.json_schema_extra
+            if isinstance(extra, dict) and (mask := _MASKS.get(str(extra.get("secret")))):
+                value = values[key]
+                values[key] = [mask(v) for v in value] if isinstance(value, list) else mask(value)
     return out
 
 
 def _redact_url(url: str) -> str:
     """Hide a password in a URL such as postgresql://user:secret@host/db."""
-    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)  # redis://:secret@host too
 
 
 @dataclass(frozen=True, slots=True)

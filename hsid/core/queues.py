@@ -17,10 +17,19 @@ from redis.asyncio import Redis
 from hsid.core import metrics
 from hsid.core.backoff import Backoff
 from hsid.core.config import QueueConfig
-from hsid.core.constants import ANALYSIS_QUEUE, DETECTION_QUEUE, DLQ_PREFIX, QUEUE_NAMES
+from hsid.core.constants import DLQ_PREFIX, QUEUE_NAMES
 from hsid.core.errors import STORE_ERRORS, InvalidInput, NotFound, PermanentError
 from hsid.core.health import Health
 from hsid.core.keyspace import Keyspace
+from hsid.core.messages import (
+    DeadLetter,
+    MalformedItem,
+    QueueItem,
+    decode_dead_letter,
+    decode_item,
+    item_from,
+    original_of,
+)
 from hsid.core.outage import StoreWatch
 from hsid.core.runtime import honour_cancellation
 
@@ -38,24 +47,22 @@ OUTAGE_RETRY_SECONDS = 0.5
 # the item then stays in the processing list and is recovered at the next start.
 BOOKKEEPING_TIMEOUT_SECONDS = 10.0
 
-# The reference's queue item shapes, in its key order; unknown keys follow in their own order.
-REFERENCE_ITEM_KEYS: dict[str, tuple[str, ...]] = {
-    DETECTION_QUEUE: ("camera_id", "file_path", "timestamp"),
-    ANALYSIS_QUEUE: ("batch_id", "camera_id", "detection_ids"),
-}
-
 # RPUSH only while the list is below its cap, so concurrent producers cannot overshoot it;
 # with a claim key (KEYS[2]), only if nobody holds that claim, and the claim is taken in the
-# same atomic step, so a claim never exists without its item having been queued.
-# KEYS: queue[, claim]  ARGV: payload, max length[, claim value, claim TTL in seconds]
+# same atomic step, so a claim never exists without its item having been queued. A held
+# claim is renewed (its TTL set again) when ARGV[5] is '1'.
+# KEYS: queue[, claim]  ARGV: payload, max length[, claim value, claim TTL in ms, renew]
 # Returns {1} pushed, {-1} full (nothing done), {0, holder} claim already held.
 PUSH_IF_ROOM = """
 if KEYS[2] then
   local holder = redis.call('GET', KEYS[2])
-  if holder then return {0, holder} end
+  if holder then
+    if ARGV[5] == '1' then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
+    return {0, holder}
+  end
 end
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return {-1} end
-if KEYS[2] then redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4]) end
+if KEYS[2] then redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4]) end
 redis.call('RPUSH', KEYS[1], ARGV[1])
 return {1}
 """
@@ -72,61 +79,36 @@ return 0
 
 Handler = Callable[["Job"], Awaitable[None]]
 
-# The item key recording how many processes died with the job in flight; the reference's
-# item shapes have no such key, and consumers that do not know it ignore it.
-CRASH_COUNT = "crash_count"
-
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One taken item: `raw` is exactly what Redis holds (the ack removes it by value)."""
+    """One taken item: `raw` is exactly what Redis holds (the ack removes it by value),
+    `item` what it holds, typed by its queue (messages.decode_item)."""
 
     queue: str
     raw: bytes
-    item: dict[str, Any]
+    item: QueueItem
 
     @property
     def crash_count(self) -> int:
         """How many times a process died with this job in flight (see ReliableQueue.recover)."""
-        count = self.item.get(CRASH_COUNT)
-        return count if isinstance(count, int) and not isinstance(count, bool) else 0
+        return self.item.crash_count
 
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """A Redis key that a push takes (SET NX EX) together with its item: `value` is what
-    later pushes under the same key are told holds it."""
+    """A Redis key that a push takes (SET NX PX) together with its item: `value` is what
+    later pushes under the same key are told holds it. `renew`: a push that finds the
+    claim held sets its TTL again (the batcher's episodes last while they are active)."""
 
     key: str
     value: str
-    ttl_seconds: int
+    ttl_seconds: float
+    renew: bool = False
 
-
-def _json_object(raw: bytes) -> dict[str, Any] | None:
-    """The item a raw queue entry holds; None when it is not a JSON object."""
-    try:
-        item = json.loads(raw)
-    except ValueError:
-        return None
-    return item if isinstance(item, dict) else None
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _encode_item(queue: str, item: dict[str, Any]) -> str:
-    keys = REFERENCE_ITEM_KEYS.get(queue, ())
-    ordered = {key: item[key] for key in keys if key in item}
-    ordered.update((key, value) for key, value in item.items() if key not in ordered)
-    return _dumps(ordered)
-
-
-def _iso(moment: datetime) -> str:
-    """The reference's timestamp form, UTC without offset; a naive datetime is taken as UTC."""
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    @property
+    def ttl_ms(self) -> int:
+        return max(1, round(self.ttl_seconds * 1000))
 
 
 def _utcnow() -> datetime:
@@ -169,8 +151,10 @@ class ReliableQueue:
         self._push_if_room = redis.register_script(PUSH_IF_ROOM)
         self._recovered = False  # the first recover() of a process counts deaths
 
-    async def push(self, item: dict[str, Any], claim: Claim | None = None) -> str | None:
-        """Append `item` as compact JSON; while the queue holds max_length items, wait.
+    async def push(self, item: QueueItem | dict[str, Any],
+                   claim: Claim | None = None) -> str | None:
+        """Append `item` (its encode(); a dict is taken as its queue's item, MalformedItem
+        when it is not one); while the queue holds max_length items, wait.
 
         Back-pressure instead of trimming: the producer slows down and health says so,
         but no work is ever dropped. Without a claim, not idempotent: pushing twice queues
@@ -178,7 +162,7 @@ class ReliableQueue:
         taken with it atomically (no crash or outage can leave one without the other);
         returns the holder's value when the claim was already held, else None.
         """
-        payload = _encode_item(self.name, item)
+        payload = item_from(self.name, item).encode()
         if (outcome := await self._try_push(payload, claim)) != PUSH_FULL:
             return outcome
         self._set_backpressure(True)
@@ -201,7 +185,7 @@ class ReliableQueue:
         keys, args = [self.key], [payload, self.config.max_length]
         if claim is not None:
             keys.append(claim.key)
-            args += [claim.value, claim.ttl_seconds]
+            args += [claim.value, claim.ttl_ms, int(claim.renew)]
         status, *holder = await self._push_if_room(keys=keys, args=args)
         if status == 1:
             return None
@@ -227,14 +211,17 @@ class ReliableQueue:
         count_deaths, self._recovered = not self._recovered, True
         count = 0
         while (raw := await self.redis.lindex(self.processing_key, -1)) is not None:
-            item = _json_object(raw)
-            if count_deaths and item is not None:
-                item[CRASH_COUNT] = int(item.get(CRASH_COUNT) or 0) + 1
-                log.warning("job_in_flight_at_crash", queue=self.name,
-                            crash_count=item[CRASH_COUNT])
-                payload: bytes | str = _encode_item(self.name, item)
-            else:
-                payload = raw
+            payload: bytes | str = raw
+            if count_deaths:
+                try:
+                    item = decode_item(self.name, raw)
+                except MalformedItem:
+                    pass  # moved back as it is: take() dead-letters it
+                else:
+                    item = item.model_copy(update={"crash_count": item.crash_count + 1})
+                    log.warning("job_in_flight_at_crash", queue=self.name,
+                                crash_count=item.crash_count)
+                    payload = item.encode()
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.lrem(self.processing_key, -1, raw)
                 pipe.lpush(self.key, payload)
@@ -285,19 +272,14 @@ class ReliableQueue:
         return [job for job in jobs if job is not None]
 
     async def _parse(self, raw: bytes) -> Job | None:
+        """The one place a taken item is decoded: a malformed one is dead-lettered with its
+        reason (messages.MalformedItem) and None returned."""
         try:
-            item = json.loads(raw)
-        except ValueError as err:
-            reason = f"not JSON ({err})"
-        else:
-            if isinstance(item, dict):
-                return Job(self.name, raw, item)
-            reason = f"not a JSON object but {type(item).__name__}"
-        now = _utcnow()
-        original = raw.decode("utf-8", errors="replace")
-        await _finish(self._write_dead_letter(raw, original, f"malformed queue item: {reason}",
-                                              1, now, now))
-        return None
+            return Job(self.name, raw, decode_item(self.name, raw))
+        except MalformedItem as err:
+            now = _utcnow()
+            await _finish(self._write_dead_letter(raw, str(err), 1, now, now))
+            return None
 
     async def ack(self, job: Job) -> None:
         """Remove a finished job from the processing list. Idempotent."""
@@ -311,23 +293,19 @@ class ReliableQueue:
 
         One MULTI/EXEC, so the item is never in both lists nor in neither.
         """
-        await self._write_dead_letter(job.raw, job.item, error, attempt_count,
+        await self._write_dead_letter(job.raw, error, attempt_count,
                                       first_failed_at, last_failed_at)
 
     async def _write_dead_letter(
-        self, raw: bytes, original: Any, error: str, attempt_count: int,
+        self, raw: bytes, error: str, attempt_count: int,
         first_failed_at: datetime, last_failed_at: datetime,
     ) -> None:
-        entry = {
-            "original_job": original,
-            "error": error,
-            "attempt_count": attempt_count,
-            "first_failed_at": _iso(first_failed_at),
-            "last_failed_at": _iso(last_failed_at),
-            "queue_name": self.name,
-        }
+        """`original_job` is the item as Redis held it (messages.original_of)."""
+        entry = DeadLetter(original_job=original_of(raw), error=error,
+                           attempt_count=attempt_count, first_failed_at=first_failed_at,
+                           last_failed_at=last_failed_at, queue_name=self.name)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(self.dlq_key, _dumps(entry))
+            pipe.rpush(self.dlq_key, entry.encode())
             pipe.lrem(self.processing_key, 1, raw)
             await pipe.execute()
         log.error("job_dead_lettered", queue=self.name, attempt=attempt_count, error=error)
@@ -451,14 +429,35 @@ async def dlq_requeue(
     script = redis.register_script(REQUEUE_ENTRY)
     requeued = 0
     for entry in entries:
-        original = json.loads(entry)["original_job"]
-        # A malformed item was kept as its text: requeue that text unchanged. An operator's
-        # requeue is a fresh start: deaths counted before it no longer condemn the job.
-        payload = original if isinstance(original, str) else _encode_item(
-            queue, {k: v for k, v in original.items() if k != CRASH_COUNT})
+        if (payload := _requeued_payload(queue, entry)) is None:
+            log.warning("dlq_entry_not_requeued", queue=queue, reason="it holds no original_job",
+                        entry=entry[:200].decode("utf-8", errors="replace"))
+            continue
         requeued += await script(keys=[key, keyspace.queue(queue)], args=[entry, payload])
     log.info("dlq_requeued", queue=queue, index=index, count=requeued)
     return requeued
+
+
+def _requeued_payload(queue: str, entry: bytes) -> str | None:
+    """What requeueing a DLQ entry pushes: its original job, as a fresh start (deaths
+    counted before no longer condemn it). A malformed item (kept as its text, or an object
+    that is not its queue's item) goes back unchanged, to be dead-lettered again with its
+    reason. Only `original_job` is needed: an entry written by hand without the rest of the
+    dead-letter fields is requeued too; one without `original_job` gives None."""
+    try:
+        original = decode_dead_letter(entry).original_job
+    except MalformedItem:
+        held = original_of(entry)
+        original = held.get("original_job") if isinstance(held, dict) else None
+        if not isinstance(original, dict | str):
+            return None
+    text = original if isinstance(original, str) else json.dumps(
+        original, separators=(",", ":"), ensure_ascii=False)
+    try:
+        item = decode_item(queue, text)
+    except MalformedItem:
+        return text
+    return item.model_copy(update={"crash_count": 0}).encode()
 
 
 async def dlq_clear(redis: Redis, keyspace: Keyspace, queue: str) -> int:

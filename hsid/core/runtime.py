@@ -84,11 +84,22 @@ def honour_cancellation() -> None:
         raise asyncio.CancelledError
 
 
-async def pause(stopping: asyncio.Event, seconds: float) -> bool:
-    """Sleep up to `seconds`, waking early on shutdown; True when the daemon is stopping.
+async def pause(stopping: asyncio.Event, seconds: float,
+                wake: asyncio.Event | None = None) -> bool:
+    """Sleep up to `seconds`, waking early on shutdown, or when `wake` is set (it is cleared
+    on waking, so the next pause waits for news again); True when the daemon is stopping.
     A cancellation swallowed before the call is honoured (see honour_cancellation)."""
     honour_cancellation()
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await stopping.wait()
+        async with asyncio.timeout(max(0.0, seconds)):
+            if wake is None:
+                await stopping.wait()
+            else:
+                async with asyncio.TaskGroup() as group:
+                    waits = [group.create_task(stopping.wait()), group.create_task(wake.wait())]
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    for task in waits:
+                        task.cancel()
+    if wake is not None:
+        wake.clear()
     return stopping.is_set()

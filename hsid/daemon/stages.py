@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable
 from datetime import tzinfo
 from typing import TYPE_CHECKING, Protocol
@@ -74,19 +75,24 @@ async def _detect(runtime: Runtime) -> Stages:
     from hsid.core.errors import ConfigError
     from hsid.pipeline.batcher import Batcher, BatchSweeper
     from hsid.pipeline.detect_worker import DetectWorker
-    from hsid.pipeline.detector import Detector
+    from hsid.pipeline.detector import Detector, engine_cache_root
 
     config, pool, redis = runtime.config, runtime.require_pool(), runtime.require_redis()
     if not config.detector.model:
         raise ConfigError("detector.model is not set: point it at an RT-DETRv2 ONNX file "
                           "(see `hsid models list`), or leave `detect` out of --stages")
-    detector = Detector(config.detector, config.paths.state_dir / "engines")
+    detector = Detector(config.detector, engine_cache_root(config.paths.state_dir))
+    started = time.perf_counter()
     await asyncio.to_thread(detector.load)
+    await asyncio.to_thread(detector.warm_up)  # TensorRT builds its engine now, not mid-stream
+    log.info("detector_ready", seconds=round(time.perf_counter() - started, 2),
+             provider=detector.provider, batch=detector.max_batch)
     runtime.detector = detector
     runtime.health.info["detector"] = {"provider": detector.provider,
                                        "model": config.detector.model,
                                        "interface": detector.interface}
-    batcher = Batcher(config.batch, redis, runtime.keyspace)
+    batcher = Batcher(config.batch, redis, runtime.keyspace,  # the fast path's back-pressure
+                      queue=_queue(runtime, constants.ANALYSIS_QUEUE, "batcher"))
     queue = _queue(runtime, constants.DETECTION_QUEUE, "detect")
     entities = await _entity_recognizer(runtime)
     return [

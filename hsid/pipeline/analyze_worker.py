@@ -32,7 +32,7 @@ import asyncio
 import json
 import os
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -51,6 +51,7 @@ from hsid.core import constants, metrics
 from hsid.core.config import Config, site_zone
 from hsid.core.errors import PermanentError, TransientError
 from hsid.core.keyspace import Keyspace
+from hsid.core.messages import AlertData, AlertMessage, AnalysisItem, EventData, EventMessage
 from hsid.core.queues import Job, ReliableQueue, consume
 from hsid.entities.context import EntityFacts, entity_facts
 from hsid.pipeline.batcher import is_fast_path
@@ -85,25 +86,6 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (batch_id) DO NOTHING
 RETURNING id
 """
-
-
-def parse_item(item: dict[str, Any]) -> tuple[str, str, list[int]]:
-    """The reference's analysis_queue item, checked; PermanentError when it is not one."""
-    batch_id, camera_id = item.get("batch_id"), item.get("camera_id")
-    ids = item.get("detection_ids")
-    if not (isinstance(batch_id, str) and isinstance(camera_id, str) and isinstance(ids, list)):
-        raise PermanentError("analysis item needs batch_id, camera_id and detection_ids")
-    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-        raise PermanentError("detection_ids must be a non-empty list of integers")
-    return batch_id, camera_id, ids
-
-
-def episode_of(item: dict[str, Any]) -> tuple[str | None, bool | None]:
-    """The item's episode id (None: none) and fast-path flag (None: an item from before
-    episodes, which says neither)."""
-    episode, fast = item.get("episode_id"), item.get("fast_path")
-    return (episode if isinstance(episode, str) and episode else None,
-            fast if isinstance(fast, bool) else None)
 
 
 def image_size(path: str, fallback: tuple[int, int]) -> tuple[int, int]:
@@ -210,8 +192,12 @@ class AnalyzeWorker:
         await consume(self._queue, self._handle, self._config.queues, self._stopping)
 
     async def _handle(self, job: Job) -> None:
-        batch_id, camera_id, ids = parse_item(job.item)
-        episode_id, fast = episode_of(job.item)
+        item = job.item  # decoded and checked by the queue (messages.AnalysisItem)
+        if not isinstance(item, AnalysisItem):
+            raise PermanentError(f"not an analysis item: {type(item).__name__}")
+        batch_id, camera_id, ids = item.batch_id, item.camera_id, item.detection_ids
+        # fast is None for an item from before episodes, which says neither
+        episode_id, fast = item.episode_id, item.fast_path
         with structlog.contextvars.bound_contextvars(camera_id=camera_id, batch_id=batch_id):
             try:
                 if await self._pool.fetchval(SELECT_EVENT_ID, batch_id) is not None:
@@ -340,8 +326,8 @@ class AnalyzeWorker:
                  risk_level=assessment.risk_level, fast_path=fast, llm=assessment.used_llm)
         await self._publish(event_id, batch_id, camera_id, started_at, assessment)
         if alert is not None:  # after the event, so clients know the event it refers to
-            await self._redis.publish(self._events_channel,
-                                      json.dumps({"type": "alert", "data": alert}))
+            message = AlertMessage(data=AlertData.model_validate(alert))
+            await self._redis.publish(self._events_channel, message.encode())
         return set()
 
     async def _raise_alert(self, conn: asyncpg.Connection,
@@ -360,13 +346,11 @@ class AnalyzeWorker:
 
     async def _publish(self, event_id: int, batch_id: str, camera_id: str,
                        started_at: datetime, assessment: RiskAssessment) -> None:
-        message = {"type": "event", "data": {
-            "id": event_id, "event_id": event_id, "batch_id": batch_id, "camera_id": camera_id,
-            "risk_score": assessment.risk_score, "risk_level": assessment.risk_level,
-            "summary": assessment.summary,
-            "started_at": started_at.astimezone(UTC).isoformat(),
-        }}
-        await self._redis.publish(self._events_channel, json.dumps(message))
+        message = EventMessage(data=EventData(
+            id=event_id, event_id=event_id, batch_id=batch_id, camera_id=camera_id,
+            risk_score=assessment.risk_score, risk_level=assessment.risk_level,
+            summary=assessment.summary, started_at=started_at))
+        await self._redis.publish(self._events_channel, message.encode())
 
 
 async def _uncovered(pool: asyncpg.Pool, batch_id: str, camera_id: str,

@@ -19,7 +19,12 @@ analysed at once, all of its detections in one item whose batch id is the episod
 the episode lasts, the camera's detections join its live batch, which carries the episode id
 into its analysis item, so the follow-up event tells the whole story and alerts of the
 episode share their dedup (alerts/rules.py). Opening the episode and queueing its first
-item is one Lua script, so racing detect workers open one episode and queue it once.
+item is one atomic push whose claim is the episode key (ReliableQueue.push), so racing detect
+workers open one episode and queue it once, and the fast path waits for room in a full
+analysis_queue like every other producer instead of overshooting its max_length.
+
+The analysis_queue items are messages.AnalysisItem; the close script builds its item in
+that model's key order (tests/core/test_messages.py decodes its real output).
 """
 
 from __future__ import annotations
@@ -39,9 +44,11 @@ import structlog
 
 from hsid.core import constants
 from hsid.core.broker import state_lost
-from hsid.core.config import BatchConfig
+from hsid.core.config import BatchConfig, QueueConfig
 from hsid.core.errors import STORE_ERRORS
 from hsid.core.keyspace import Keyspace
+from hsid.core.messages import AnalysisItem
+from hsid.core.queues import Claim, ReliableQueue
 from hsid.core.runtime import pause
 
 log = structlog.get_logger(__name__)
@@ -92,24 +99,6 @@ redis.call('EXPIRE', prefix .. 'episode_id', ARGV[4])
 return {batch_id, #ids}
 """
 
-# KEYS: <prefix>batch:{camera_id}:episode, analysis_queue
-# ARGV: new episode id, idle (ms), renew (1: a detection of a fast-path class), open (1: a
-#       fast-path detection), the episode's first analysis item (JSON)
-# The camera's open episode is renewed and returned as {episode_id, 0}; without one, a
-# fast-path detection opens it and queues its item in the same step: {episode_id, 1}.
-# Otherwise {'', 0}.
-EPISODE_SCRIPT = """
-local episode = redis.call('GET', KEYS[1])
-if episode then
-  if ARGV[3] == '1' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-  return {episode, 0}
-end
-if ARGV[4] ~= '1' then return {'', 0} end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('RPUSH', KEYS[2], ARGV[5])
-return {ARGV[1], 1}
-"""
-
 # KEYS: <prefix>batch:{camera_id}:backlog
 # ARGV: as BATCH_LUA, then 7 captured (epoch seconds), 8 window, 9 idle
 # As ADD_SCRIPT for the camera's backlog batch, which also keeps the capture-time span of
@@ -147,7 +136,8 @@ return {batch_id, #ids, 1}
 # ARGV: batch id, now, window, idle, max size, force (1 = close regardless of timing)
 # Closes the batch if it is still the camera's current (or backlog) one and is due; pushes
 # the analysis_queue item (with the batch's episode_id, if it has one) and deletes the keys
-# in the same atomic step. Returns 1 if closed.
+# in the same atomic step. Returns 1 if closed. The item is messages.AnalysisItem, its keys
+# written here in that model's order (cjson would not keep an order).
 CLOSE_SCRIPT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local started = tonumber(redis.call('GET', KEYS[4]) or '0')
@@ -191,15 +181,19 @@ def is_fast_path(config: BatchConfig, object_type: str, confidence: float) -> bo
 class Batcher:
     """Adds detections to batches; `sweep` closes the ones whose time has come."""
 
-    def __init__(self, config: BatchConfig, redis: aioredis.Redis, keyspace: Keyspace) -> None:
+    def __init__(self, config: BatchConfig, redis: aioredis.Redis, keyspace: Keyspace, *,
+                 queue: ReliableQueue | None = None) -> None:
+        """`queue`: the analysis_queue the fast path pushes to (its max_length and health
+        apply); by default one with the default QueueConfig and no health."""
         self._config = config
         self._redis = redis
         self._keyspace = keyspace
         self._analysis_queue = keyspace.queue(constants.ANALYSIS_QUEUE)
+        self._queue = queue or ReliableQueue(redis, constants.ANALYSIS_QUEUE, "batcher",
+                                             QueueConfig(), keyspace=keyspace)
         self._add = redis.register_script(ADD_SCRIPT)
         self._add_backlog = redis.register_script(ADD_BACKLOG_SCRIPT)
         self._close = redis.register_script(CLOSE_SCRIPT)
-        self._episode = redis.register_script(EPISODE_SCRIPT)
 
     def is_backlog(self, captured_at: datetime | None, arrived_at: datetime | None) -> bool:
         """Taken so long before it arrived that it belongs to no live batch."""
@@ -265,26 +259,32 @@ class Batcher:
                                      detections: Sequence[NewDetection]) -> tuple[str, bool]:
         """The camera's open episode id ('' for none) and whether these detections opened
         it, in which case their analysis item is queued already (the episode id is its
-        batch id, so follow-ups find the fast-path event)."""
+        batch id, so follow-ups find the fast-path event). The episode lasts `idle_seconds`
+        after the last detection of a fast-path class."""
         c = self._config
         fast = [d for d in detections if is_fast_path(c, d.object_type, d.confidence)]
         renew = any(d.object_type in c.fast_path_classes for d in detections)
+        key = self._keyspace.batch_episode(camera_id)
+        if not fast:  # may only renew the camera's open episode
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if renew:
+                    pipe.pexpire(key, max(1, round(c.idle_seconds * 1000)))
+                pipe.get(key)
+                *_, episode = await pipe.execute()
+            return ("" if episode is None else episode.decode()), False
         episode_id = str(uuid.uuid4())
-        item = {"batch_id": episode_id, "camera_id": camera_id,
-                "detection_ids": [d.id for d in detections],
-                "episode_id": episode_id, "fast_path": True}
-        episode, opened = await self._episode(
-            keys=[self._keyspace.batch_episode(camera_id), self._analysis_queue],
-            args=[episode_id, max(1, round(c.idle_seconds * 1000)), int(renew), int(bool(fast)),
-                  json.dumps(item)],
-        )
-        episode = episode.decode() if isinstance(episode, bytes) else str(episode)
-        if opened:
-            log.info("episode_opened", camera=camera_id, episode_id=episode,
-                     detections=len(detections),
-                     object_types=sorted({d.object_type for d in fast}),
-                     confidence=max(d.confidence for d in fast))
-        return episode, bool(opened)
+        item = AnalysisItem(batch_id=episode_id, camera_id=camera_id,
+                            detection_ids=[d.id for d in detections],
+                            episode_id=episode_id, fast_path=True)
+        # The episode key is the push's claim: taken with the item, or renewed when held.
+        holder = await self._queue.push(item, Claim(key, episode_id, c.idle_seconds,
+                                                    renew=True))
+        if holder is not None:
+            return holder, False
+        log.info("episode_opened", camera=camera_id, episode_id=episode_id,
+                 detections=len(detections), object_types=sorted({d.object_type for d in fast}),
+                 confidence=max(d.confidence for d in fast))
+        return episode_id, True
 
     async def close(self, camera_id: str, batch_id: str, force: bool = False,
                     backlog: bool = False) -> bool:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,11 +54,19 @@ from hsid.core import constants, metrics
 from hsid.core.config import Config, site_zone
 from hsid.core.errors import STORE_ERRORS, PermanentError, TransientError
 from hsid.core.keyspace import Keyspace
+from hsid.core.messages import (
+    DetectedObject,
+    DetectionData,
+    DetectionItem,
+    DetectionMessage,
+    MalformedItem,
+    decode_item,
+)
 from hsid.core.queues import Job, ReliableQueue, process_with_retries
 from hsid.core.runtime import honour_cancellation
 from hsid.entities.recognizer import Candidate, EntityRecognizer
 from hsid.pipeline.batcher import Batcher, NewDetection
-from hsid.pipeline.capture_time import Capture, CaptureClock, arrival_time
+from hsid.pipeline.capture_time import Capture, CaptureClock
 from hsid.pipeline.detector import DecodedImage, Detector, ObjectDetection, decode
 from hsid.pipeline.orphans import covered_ids
 from hsid.pipeline.snapshots import (
@@ -231,13 +238,11 @@ class DetectWorker:
         jobs = await self._queue.take_batch(size, timeout=1.0)
         tasks = []
         for job in jobs:
-            item = job.item
-            camera_id, file_path = item.get("camera_id"), item.get("file_path")
-            task = ImageTask(job, str(camera_id), Path(str(file_path)), Upload.from_item(item),
-                             arrived_at=arrival_time(item.get("timestamp"), datetime.now(UTC)))
-            if not isinstance(camera_id, str) or not isinstance(file_path, str):
-                task.error = PermanentError("queue item lacks camera_id or file_path")
-            elif job.crash_count >= constants.POISON_CRASH_COUNT:
+            item = job.item  # decoded and checked by the queue (messages.DetectionItem)
+            assert isinstance(item, DetectionItem)
+            task = ImageTask(job, item.camera_id, Path(item.file_path), upload_of(item),
+                             arrived_at=item.timestamp or datetime.now(UTC))
+            if job.crash_count >= constants.POISON_CRASH_COUNT:
                 task.error = PermanentError(POISON_ERROR)
             tasks.append(task)
         paths, limit = self._config.paths, self._config.detector.max_pixels
@@ -255,11 +260,13 @@ class DetectWorker:
         worker's recovery puts there just after the look is still inferred alone.
         """
         raw = await self._queue.redis.lindex(self._queue.key, 0)
+        if raw is None:
+            return False
         try:
-            item = json.loads(raw) if raw is not None else None
-        except ValueError:
-            return False  # malformed: take_batch dead-letters it
-        return isinstance(item, dict) and is_suspect(Job(self._queue.name, raw, item))
+            item = decode_item(self._queue.name, raw)
+        except MalformedItem:
+            return False  # take_batch dead-letters it
+        return is_suspect(Job(self._queue.name, raw, item))
 
     async def _infer(self, tasks: list[ImageTask]) -> None:
         """Infer the decoded images: together, except each suspect in a call of its own."""
@@ -413,16 +420,23 @@ class DetectWorker:
 
     async def _announce(self, task: ImageTask, detected_at: datetime,
                         stored: list[NewDetection]) -> None:
-        message = {"type": "detection", "data": {
-            "camera_id": task.camera_id,
-            "file_path": task.upload.image_path if task.upload else str(task.path),
-            "detected_at": detected_at.isoformat(),
-            # hsid's extension: when the snapshot was taken (capture_time.py)
-            "captured_at": task.capture.at.isoformat() if task.capture else None,
-            "detections": [{"id": d.id, "object_type": d.object_type,
-                            "confidence": d.confidence} for d in stored],
-        }}
-        await self._redis.publish(self._events_channel, json.dumps(message))
+        message = DetectionMessage(data=DetectionData(
+            camera_id=task.camera_id,
+            file_path=task.upload.image_path if task.upload else str(task.path),
+            detected_at=detected_at,
+            captured_at=task.capture.at if task.capture else None,
+            detections=[DetectedObject(id=d.id, object_type=d.object_type,
+                                       confidence=d.confidence) for d in stored]))
+        await self._redis.publish(self._events_channel, message.encode())
+
+
+def upload_of(item: DetectionItem) -> Upload | None:
+    """The upload an item describes; None for an item without one (queued by an older
+    hsid, or by hand): the worker then reads `file_path` and hashes what it read."""
+    if (item.sha256 is None or item.image_path is None or item.size is None
+            or item.mtime_ns is None):
+        return None
+    return Upload(item.sha256, item.image_path, item.size, item.mtime_ns)
 
 
 def _remove(paths: list[Path | None]) -> None:

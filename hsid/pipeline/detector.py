@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import importlib.util
 import os
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+import onnx
 import onnxruntime as ort
 import structlog
 
@@ -48,6 +52,9 @@ CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 GPU_PROVIDERS = frozenset({TENSORRT_PROVIDER, CUDA_PROVIDER})
 FPS_WINDOW = 32  # inference runs the rolling images-per-second figure averages over
+# TensorRT's own library, which onnxruntime-gpu lists its provider without; newest first.
+TENSORRT_LIBRARIES = ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so")
+ModelInputs = Sequence[tuple[str, Sequence[int | str | None]]]  # (name, shape) per input
 
 # --- Decoding ----------------------------------------------------------------------------------
 # Decode big JPEGs at 1/8, 1/4 or 1/2 scale in libjpeg itself: much faster and smaller, and the
@@ -140,6 +147,9 @@ class Detector:
     def __init__(self, config: DetectorConfig, cache_dir: Path) -> None:
         self._config = config
         self._cache_dir = cache_dir  # TensorRT engine cache
+        self._engines = cache_dir  # this model's engine folder in it (engine_dir), once loaded
+        self._provider_reason = ""  # why the best usable provider is the one (usable_providers)
+        self._chain: list[tuple[str, dict[str, Any]]] = []
         self._session: ort.InferenceSession | None = None
         self._interface = ""
         self._static_batch: int | None = None
@@ -150,6 +160,12 @@ class Detector:
     def provider(self) -> str:
         """The execution provider in use ("" before `load()`); health reports it."""
         return self._session.get_providers()[0] if self._session else ""
+
+    @property
+    def providers(self) -> list[tuple[str, dict[str, Any]]]:
+        """The provider chain, with options, that opened the session ([] before `load()`):
+        another session on the same model opened with it runs the same way."""
+        return list(self._chain)
 
     @property
     def interface(self) -> str:
@@ -183,11 +199,37 @@ class Detector:
         self._interface = _interface_of(session)
         self._static_batch = _static_batch(session)
         self._session = session
+        engines = {"engine_cache": str(self._engines)} if provider == TENSORRT_PROVIDER else {}
         log.info("detector_loaded", model=str(model), provider=provider,
-                 interface=self._interface, threads=_thread_count(self._config.threads))
+                 interface=self._interface, threads=_thread_count(self._config.threads),
+                 **engines)
         if provider == CPU_PROVIDER and GPU_PROVIDERS & set(ort.get_available_providers()):
             log.warning("detector_gpu_unavailable", provider=provider,
-                        hint="GPU providers are installed but none initialised")
+                        reason=self._provider_reason if self._provider_reason.startswith("no ")
+                        else "GPU providers are installed but none initialised")
+
+    @property
+    def max_batch(self) -> int:
+        """The most images one inference takes: a fixed-batch export's size, else batch_size."""
+        return self._static_batch or self._config.batch_size
+
+    def warm_up(self) -> None:
+        """One inference on blank images at the largest batch, uncounted; blocking.
+
+        TensorRT builds (or loads) its engine and CUDA picks its kernels on the first run,
+        which takes seconds to minutes: done here, before READY, not on the first snapshot.
+        Raises ConfigError when the model cannot run at all.
+        """
+        if self._session is None:
+            raise RuntimeError("Detector.warm_up() called before load()")
+        blank = np.zeros((3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
+        pixels = np.zeros((1, 1, 3), dtype=np.uint8)
+        images = [DecodedImage(blank, pixels, INPUT_SIZE, INPUT_SIZE, "image/png")] * \
+            self.max_batch
+        try:
+            self._infer_batch(self._session, images, count=False)
+        except TransientError as err:
+            raise ConfigError(f"detector.model: the warm-up inference failed: {err}") from err
 
     def _open_session(self, model: Path) -> ort.InferenceSession:
         """Try the provider chain, dropping the best provider each time creation fails."""
@@ -196,14 +238,22 @@ class Detector:
         options.intra_op_num_threads = _thread_count(self._config.threads)
         options.inter_op_num_threads = 1
         # onnxruntime-gpu lists its GPU providers on any machine; trying them without a GPU
-        # only prints pages of C++ errors before falling back, so ask NVML first.
-        available = ort.get_available_providers() if gpu_names() else [CPU_PROVIDER]
-        chain = _provider_chain(available, self._cache_dir)
-        if chain[0][0] == TENSORRT_PROVIDER:
-            self._cache_dir.mkdir(parents=True, exist_ok=True)
+        # (or TensorRT without its library) only prints pages of C++ errors before falling
+        # back, so ask NVML and the loader first.
+        available, self._provider_reason = usable_providers(
+            ort.get_available_providers(), gpu_names(), tensorrt_loadable())
+        inputs: ModelInputs = []
+        if TENSORRT_PROVIDER in available:
+            self._engines = engine_dir(self._cache_dir, model, self._config.batch_size)
+            self._engines.mkdir(parents=True, exist_ok=True)
+            inputs = _model_inputs(model)
+        chain = provider_chain(available, self._cache_dir, self._engines, inputs,
+                               self._config.batch_size)
         while True:
             try:
-                return ort.InferenceSession(str(model), sess_options=options, providers=chain)
+                session = ort.InferenceSession(str(model), sess_options=options, providers=chain)
+                self._chain = chain
+                return session
             # onnxruntime's error classes derive straight from Exception.
             except Exception as err:
                 if len(chain) == 1:
@@ -219,14 +269,14 @@ class Detector:
         """
         if self._session is None:
             raise RuntimeError("Detector.infer() called before load()")
-        limit = self._static_batch or self._config.batch_size
+        limit = self.max_batch
         results: list[list[ObjectDetection]] = []
         for start in range(0, len(images), limit):
             results.extend(self._infer_batch(self._session, images[start : start + limit]))
         return results
 
     def _infer_batch(
-        self, session: ort.InferenceSession, images: list[DecodedImage]
+        self, session: ort.InferenceSession, images: list[DecodedImage], count: bool = True
     ) -> list[list[ObjectDetection]]:
         tensors = [image.tensor for image in images]
         if self._static_batch:  # a fixed-batch export: pad with blank images, drop their output
@@ -238,8 +288,9 @@ class Detector:
             raw = _run_official(session, batch, images)
         else:
             raw = _run_hf(session, batch, images)
-        with self._runs_lock:
-            self._runs.append((len(images), time.perf_counter() - started))
+        if count:
+            with self._runs_lock:
+                self._runs.append((len(images), time.perf_counter() - started))
         return [
             _filter(labels, boxes, scores, image, self._config)
             for image, (labels, boxes, scores) in zip(images, raw, strict=False)
@@ -326,19 +377,140 @@ def _static_batch(session: ort.InferenceSession) -> int | None:
     return first if isinstance(first, int) and first > 0 else None
 
 
-def _provider_chain(available: list[str], cache_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+def usable_providers(
+    available: Sequence[str], gpus: Sequence[str], tensorrt: bool
+) -> tuple[list[str], str]:
+    """The providers worth trying, best first, and why the best of them is the one.
+
+    `available` is onnxruntime's list, `gpus` the NVIDIA GPUs NVML sees, `tensorrt` whether
+    TensorRT's library loads. onnxruntime-gpu lists its GPU providers whether or not a GPU
+    (or TensorRT) is there, so those facts decide. Pure: `hsid check` and load() share it.
+    """
+    if not GPU_PROVIDERS & set(available):
+        return [CPU_PROVIDER], "onnxruntime has no CUDA/TensorRT provider"
+    if not gpus:
+        return [CPU_PROVIDER], "no NVIDIA GPU visible"
+    usable = [p for p in (TENSORRT_PROVIDER, CUDA_PROVIDER) if p in available]
+    if TENSORRT_PROVIDER in usable and not tensorrt:
+        usable.remove(TENSORRT_PROVIDER)
+        reason = "TensorRT's library (libnvinfer) is not installed"
+    elif TENSORRT_PROVIDER in usable:
+        reason = f"TensorRT with {gpus[0]}"
+    else:
+        reason = "onnxruntime has no TensorRT provider"
+    return [*usable, CPU_PROVIDER], reason if usable else "no GPU provider can run"
+
+
+def tensorrt_loadable() -> bool:
+    """Whether TensorRT's library loads, as onnxruntime's TensorRT provider needs it to.
+
+    A pip install (the tensorrt wheels) keeps it in site-packages, where the loader does not
+    look; importing tensorrt_libs loads it from there first.
+    """
+    if importlib.util.find_spec("tensorrt_libs") is not None:
+        try:
+            importlib.import_module("tensorrt_libs")
+        except Exception as err:  # a broken wheel: then the system's library, if any
+            log.debug("tensorrt_libs_unusable", error=str(err))
+    for name in TENSORRT_LIBRARIES:
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            continue
+        return True
+    return False
+
+
+def tensorrt_profile(inputs: ModelInputs, batch_size: int) -> dict[str, str]:
+    """trt_profile_{min,opt,max}_shapes covering batches 1..batch_size, optimised for the
+    largest, for a model with the given (name, shape) inputs.
+
+    The batch is the first axis; the spatial axes of an image input ([N, 3, H, W]) are
+    INPUT_SIZE, the size decode() always makes. {} when no axis is dynamic (TensorRT needs
+    no profile) or one is that neither rule explains (onnxruntime then makes its profile
+    from the shapes it sees, as it did before explicit profiles).
+    """
+    low: list[str] = []
+    high: list[str] = []
+    dynamic = False
+    for name, shape in inputs:
+        smallest: list[int] = []
+        largest: list[int] = []
+        for axis, dim in enumerate(shape):
+            if isinstance(dim, int) and dim > 0:
+                sizes = (dim, dim)
+            elif axis == 0:
+                sizes = (1, batch_size)
+            elif len(shape) == 4 and axis >= 2:
+                sizes = (INPUT_SIZE, INPUT_SIZE)
+            else:
+                return {}
+            dynamic = dynamic or not isinstance(dim, int) or dim <= 0
+            smallest.append(sizes[0])
+            largest.append(sizes[1])
+        low.append(f"{name}:{'x'.join(map(str, smallest))}")
+        high.append(f"{name}:{'x'.join(map(str, largest))}")
+    if not dynamic:
+        return {}
+    return {"trt_profile_min_shapes": ",".join(low), "trt_profile_opt_shapes": ",".join(high),
+            "trt_profile_max_shapes": ",".join(high)}
+
+
+def provider_chain(
+    available: Sequence[str], cache_dir: Path, engines: Path, inputs: ModelInputs,
+    batch_size: int,
+) -> list[tuple[str, dict[str, Any]]]:
+    """onnxruntime's providers argument: TensorRT (fp16, its engine cached in `engines`, the
+    timing cache shared in `cache_dir`, a profile for batches 1..batch_size), CUDA, CPU;
+    those not `available` left out."""
     chain: list[tuple[str, dict[str, Any]]] = []
     if TENSORRT_PROVIDER in available:
         chain.append((TENSORRT_PROVIDER, {
             "trt_fp16_enable": True,
             "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": str(cache_dir),
+            "trt_engine_cache_path": str(engines),
             "trt_timing_cache_enable": True,
             "trt_timing_cache_path": str(cache_dir),
+            **tensorrt_profile(inputs, batch_size),
         }))  # fmt: skip
     if CUDA_PROVIDER in available:
         chain.append((CUDA_PROVIDER, {}))
     return [*chain, (CPU_PROVIDER, {})]
+
+
+def engine_cache_root(state_dir: Path) -> Path:
+    """The folder under paths.state_dir that holds the TensorRT engines and timing cache."""
+    return state_dir / "engines"
+
+
+def engine_dir(cache_dir: Path, model: Path, batch_size: int) -> Path:
+    """Where this model's TensorRT engine is kept: named after the model file's contents,
+    the batch size and the onnxruntime version, so replacing the file (same name, new
+    weights) or upgrading never reuses a stale engine."""
+    digest = hashlib.sha256(f"{batch_size}:{ort.__version__}:".encode())
+    with model.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return cache_dir / f"{model.stem}-{digest.hexdigest()[:12]}"
+
+
+def _model_inputs(model: Path) -> list[tuple[str, list[int | str | None]]]:
+    """The model's inputs as (name, shape), a dimension being its size, or its symbolic
+    name (or None) when dynamic; read from the file, before any session exists. [] when
+    the file is no ONNX model (the session then says why)."""
+    try:
+        graph = onnx.load(str(model), load_external_data=False).graph
+    except Exception:  # protobuf's DecodeError and friends: not ours to word
+        return []
+    weights = {init.name for init in graph.initializer}
+    inputs = []
+    for node in graph.input:
+        if node.name in weights:
+            continue
+        dims = node.type.tensor_type.shape.dim
+        inputs.append((node.name, [d.dim_value if d.HasField("dim_value")
+                                   else (d.dim_param or None) for d in dims]))
+    return inputs
 
 
 def _preload_pip_cuda() -> None:

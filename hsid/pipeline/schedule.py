@@ -126,7 +126,7 @@ class FairQueue(ReliableQueue):
             if raw is None:
                 return None
             job = await self._parse(raw)
-            if job is not None and isinstance(camera := job.item.get("camera_id"), str):
-                await self._note_served(keys=[self.schedule_key], args=[camera])
+            if job is not None:
+                await self._note_served(keys=[self.schedule_key], args=[job.item.camera_id])
             return job
         return await self._parse(raw)

@@ -72,17 +72,6 @@ class Upload:
         return {"sha256": self.sha256, "image_path": self.image_path, "size": self.size,
                 "mtime_ns": self.mtime_ns}
 
-    @classmethod
-    def from_item(cls, item: dict[str, Any]) -> Upload | None:
-        """The upload a queue item describes; None for an item without one (queued by an
-        older hsid, or by hand): the worker then reads `file_path` and hashes what it read."""
-        sha256, image_path = item.get("sha256"), item.get("image_path")
-        size, mtime_ns = item.get("size"), item.get("mtime_ns")
-        if not (isinstance(sha256, str) and isinstance(image_path, str)
-                and isinstance(size, int) and isinstance(mtime_ns, int)):
-            return None
-        return cls(sha256, image_path, size, mtime_ns)
-
 
 def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -37,6 +37,7 @@ from hsid.core.config import DedupeConfig, PathsConfig, WatcherConfig
 from hsid.core.constants import RECONCILE_CHECK_SECONDS, RECONCILED_PREFIX
 from hsid.core.errors import InvalidInput, Unavailable
 from hsid.core.keyspace import Keyspace
+from hsid.core.messages import DetectionItem
 from hsid.core.metrics import FILES_IGNORED, IMAGES_DEDUPLICATED, IMAGES_RECEIVED, IMAGES_REJECTED
 from hsid.core.queues import Claim
 from hsid.core.runtime import pause
@@ -49,6 +50,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 CHECK_INTERVAL_SECONDS = 0.1  # pending files are looked at again this often
+# With nothing pending the settle loop sleeps until a file is tracked; this is only its
+# safety net, so an idle watcher wakes once a minute instead of ten times a second.
+IDLE_CHECK_SECONDS = 60.0
 STATUS_CHECK_SECONDS = 10.0  # folder-gone and offline rules; sooner for a short offline_after
 # watchfiles reports after 50 ms without new changes, or 200 ms into a burst, so a finished
 # snapshot is seen within a fraction of a second even while other cameras keep uploading.
@@ -95,11 +99,6 @@ def sort_changes(batch: set[tuple[Change, str]], layout: CameraLayout) -> Change
     return changes
 
 
-def utc_timestamp() -> str:
-    """Now in UTC as the reference writes it: `2025-12-23T10:30:00.000000`."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
-
-
 class Watcher:
     """The stage that turns files in camera folders into detection_queue items."""
 
@@ -124,6 +123,7 @@ class Watcher:
         self._queue = queue
         self._stopping = stopping
         self._tracker = SettleTracker(config)
+        self._tracked = asyncio.Event()  # set when a file starts being tracked
         self._statuses = CameraStatusMonitor(pool, config.offline_after_minutes)
         self._uploads = Uploads(pool, paths.state_dir)
         self._layout = CameraLayout(self._root, config)
@@ -195,6 +195,7 @@ class Watcher:
             await self._track_existing([folder])
         for path in changes.candidates:
             self._tracker.track(path, now)
+            self._tracked.set()
         if changes.folder_gone:
             await self._statuses.check()
 
@@ -263,6 +264,7 @@ class Watcher:
                  if (str(file.path), file.size, file.mtime_ns) not in known]
         for path in fresh:
             self._tracker.track(path, now)
+            self._tracked.set()
         log.info("existing_images_scanned", folders=len(folders), found=len(found),
                  already_done=len(found) - len(fresh))
 
@@ -271,7 +273,10 @@ class Watcher:
     async def _settle_loop(self) -> None:
         while not self._stopping.is_set():
             await self._check_pending()
-            await self._pause(CHECK_INTERVAL_SECONDS)
+            if self._tracker.pending():
+                await self._pause(CHECK_INTERVAL_SECONDS)
+            else:
+                await pause(self._stopping, IDLE_CHECK_SECONDS, wake=self._tracked)
 
     async def _check_pending(self) -> None:
         paths = self._tracker.pending()
@@ -314,8 +319,8 @@ class Watcher:
         if upload is None:
             self._duplicate(path, probe, camera_id, "processed before")
             return
-        item = {"camera_id": camera_id, "file_path": str(path), "timestamp": utc_timestamp(),
-                **upload.item_fields()}
+        item = DetectionItem(camera_id=camera_id, file_path=str(path),
+                             timestamp=datetime.now(UTC), **upload.item_fields())
         # Empty files all share one hash; each is dead-lettered under its own name.
         claim = (Claim(self._keyspace.dedupe(upload.sha256), str(path), self._dedupe_ttl)
                  if upload.size else None)
@@ -353,7 +358,7 @@ class Watcher:
         self._statuses.image_seen(camera_id)
         return camera_id
 
-    async def _push(self, item: dict[str, Any],
+    async def _push(self, item: DetectionItem,
                     claim: Claim | None) -> tuple[bool, str | None]:
         """Queue the image with its dedupe claim unless hsid stops first (the queue may be
         full): (pushed, None), or (False, holder) for a duplicate, or (False, None) when
@@ -366,7 +371,7 @@ class Watcher:
             stopped.cancel()
             push.cancel()
         if push not in done:
-            log.info("image_push_abandoned", path=item["file_path"], reason="stopping")
+            log.info("image_push_abandoned", path=item.file_path, reason="stopping")
             return False, None
         holder = push.result()
         return holder is None, holder

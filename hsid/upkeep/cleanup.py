@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import os
 import stat
 import time as clock
@@ -18,18 +17,17 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, time, timedelta, tzinfo
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
 import structlog
 
-from hsid.core.config import Config, PathsConfig, RetentionConfig
-from hsid.core.db import create_pool
+from hsid.core.config import PathsConfig, RetentionConfig
+from hsid.core.duty import run_duty
 from hsid.core.errors import STORE_ERRORS
 from hsid.core.keyspace import Keyspace
 from hsid.core.locks import singleton_lock
-from hsid.core.runtime import pause
 from hsid.pipeline.snapshots import SNAPSHOTS_DIR
 
 log = structlog.get_logger(__name__)
@@ -336,19 +334,30 @@ class CleanupService:
         self._stopping = stopping or asyncio.Event()
 
     async def run(self) -> None:
-        due = next_cleanup(self._retention.cleanup_time, datetime.now(self._zone))
-        while True:
-            log.info("cleanup_scheduled", at=due.isoformat(timespec="minutes"))
-            if await self._sleep_until(due.timestamp()):
-                return
+        self._due = self._scheduled(next_cleanup(self._retention.cleanup_time,
+                                                 datetime.now(self._zone)))
+        await run_duty(CLEANUP_DUTY, self._run_when_due, SCHEDULE_CHECK_SECONDS, self._stopping)
+
+    async def _run_when_due(self) -> float:
+        """Run the cleanup once its wall-clock time has come; returns the seconds until the
+        next look (at most SCHEDULE_CHECK_SECONDS, so a changed clock is noticed). A run
+        that fails on a store is tried again RETRY_AFTER_FAILURE_SECONDS later."""
+        if clock.time() >= self._due.timestamp():
             try:
                 await self.run_once()
             except STORE_ERRORS as err:
                 log.warning("cleanup_failed", error=str(err) or type(err).__name__,
                             retry_in_s=RETRY_AFTER_FAILURE_SECONDS)
                 due = datetime.now(self._zone) + timedelta(seconds=RETRY_AFTER_FAILURE_SECONDS)
-                continue
-            due = next_cleanup(self._retention.cleanup_time, datetime.now(self._zone))
+            else:
+                due = next_cleanup(self._retention.cleanup_time, datetime.now(self._zone))
+            self._due = self._scheduled(due)
+        return min(self._due.timestamp() - clock.time(), SCHEDULE_CHECK_SECONDS)
+
+    @staticmethod
+    def _scheduled(due: datetime) -> datetime:
+        log.info("cleanup_scheduled", at=due.isoformat(timespec="minutes"))
+        return due
 
     async def run_once(self) -> CleanupStats | None:
         """One real cleanup under the lock; None when another process holds it."""
@@ -357,24 +366,3 @@ class CleanupService:
                 log.info("cleanup_skipped", reason="another process holds the cleanup lock")
                 return None
             return await run_cleanup(self._pool, self._retention, self._paths, dry_run=False)
-
-    async def _sleep_until(self, due: float) -> bool:
-        """Wait for the wall-clock moment `due`; True when stopping was requested first."""
-        while (left := due - clock.time()) > 0 and not self._stopping.is_set():
-            await pause(self._stopping, min(left, SCHEDULE_CHECK_SECONDS))
-        return self._stopping.is_set()
-
-
-async def cleanup_command(config: Config, dry_run: bool, out: TextIO) -> int:
-    """`hsid cleanup [--dry-run]`: one run now, its statistics as JSON on `out`.
-
-    Raises Unavailable when the database cannot be reached. It takes no lock: a run beside
-    the daemon's is safe (each row is deleted once) and an operator asked for it.
-    """
-    pool = await create_pool(config.database)
-    try:
-        stats = await run_cleanup(pool, config.retention, config.paths, dry_run)
-    finally:
-        await pool.close()
-    out.write(json.dumps(stats.to_dict(), indent=2) + "\n")
-    return 0

@@ -107,7 +107,8 @@ class DatabaseLogHandler(logging.Handler):
             accepted = len(self._buffer) < self._capacity
             if accepted:
                 self._buffer.append(row)
-                wake = len(self._buffer) >= FLUSH_BATCH_RECORDS and not self._wake_pending
+                # The first record wakes an idle flusher, a full batch a gathering one.
+                wake = len(self._buffer) in (1, FLUSH_BATCH_RECORDS) and not self._wake_pending
                 self._wake_pending = self._wake_pending or wake
         if not accepted:
             self._drop(1)
@@ -119,14 +120,22 @@ class DatabaseLogHandler(logging.Handler):
         return len(self._buffer)
 
     async def flush_loop(self, pool_getter: PoolGetter) -> None:
-        """Write the buffer every FLUSH_INTERVAL_SECONDS (sooner when a batch is waiting)
-        until cancelled, then make one last bounded attempt. `pool_getter` is asked each
-        time, so the loop can start before the database is connected."""
+        """Write the buffer FLUSH_INTERVAL_SECONDS after its first record (sooner when a
+        batch is waiting) until cancelled, then make one last bounded attempt. With
+        nothing buffered it sleeps until a record comes, so an idle daemon never wakes it.
+        `pool_getter` is asked each time, so the loop can start before the database is
+        connected."""
         self._loop, self._wakeup = asyncio.get_running_loop(), asyncio.Event()
         try:
             while True:
-                await pause(self._wakeup, FLUSH_INTERVAL_SECONDS)
-                self._wakeup.clear()
+                if not self.pending():
+                    await self._wakeup.wait()
+                    self._wakeup.clear()
+                    with self._buffer_lock:
+                        self._wake_pending = False
+                if self.pending() < FLUSH_BATCH_RECORDS:
+                    await pause(self._wakeup, FLUSH_INTERVAL_SECONDS)
+                    self._wakeup.clear()
                 if not await self.drain(pool_getter()):
                     await asyncio.sleep(RETRY_SECONDS)
         finally:

@@ -15,9 +15,8 @@ from prometheus_client import Gauge
 
 from hsid.core import metrics
 from hsid.core.config import GpuConfig
-from hsid.core.errors import STORE_ERRORS
+from hsid.core.duty import run_duty
 from hsid.core.health import Health
-from hsid.core.runtime import pause
 
 log = structlog.get_logger(__name__)
 
@@ -123,7 +122,7 @@ class GpuMonitor:
         self._fps = fps
         self._stopping = stopping or asyncio.Event()
         self._sample = sampler
-        self._store_failing = False
+        self._first: GpuSample | None = None
 
     async def run(self) -> None:
         held = await asyncio.to_thread(_nvml_hold)
@@ -135,17 +134,21 @@ class GpuMonitor:
                 await self._stopping.wait()
                 return
             log.info("gpu_monitoring_on", gpu=sample.gpu_name, every_s=self._config.poll_seconds)
-            while True:
-                await self._record(sample)
-                if await pause(self._stopping, self._config.poll_seconds):
-                    return
-                sample = await asyncio.to_thread(self._sample)
+            self._first = sample
+            await run_duty("gpu_stats", self._sample_and_record, self._config.poll_seconds,
+                           self._stopping)
         finally:
             if held:
                 await asyncio.to_thread(_nvml_release)
 
+    async def _sample_and_record(self) -> None:
+        """Record the sample that told the monitor there is a GPU, then a new one each time."""
+        sample, self._first = self._first or await asyncio.to_thread(self._sample), None
+        await self._record(sample)
+
     async def _record(self, sample: GpuSample | None) -> None:
-        """Publish one sample to health and the gauges, then store it (best effort)."""
+        """Publish one sample to health and the gauges, then store it. Raises a store error
+        when the row could not be stored (the duty says the outage once)."""
         if sample is None:  # the GPU fell off the bus or the driver was unloaded
             self._health.info["gpu"] = NO_GPU
             return
@@ -155,14 +158,4 @@ class GpuMonitor:
         _set_gauge(metrics.GPU_MEMORY_USED, sample.memory_used)
         _set_gauge(metrics.GPU_TEMPERATURE, sample.temperature)
         _set_gauge(metrics.GPU_POWER, sample.power_usage)
-        try:
-            await self._pool.execute(INSERT_GPU_STATS, *astuple(sample), fps)
-        except STORE_ERRORS as err:
-            # One warning per outage, not one every few seconds.
-            if not self._store_failing:
-                log.warning("gpu_stats_not_stored", error=str(err) or type(err).__name__)
-            self._store_failing = True
-            return
-        if self._store_failing:
-            log.info("gpu_stats_stored_again")
-        self._store_failing = False
+        await self._pool.execute(INSERT_GPU_STATS, *astuple(sample), fps)

@@ -26,8 +26,13 @@ from hsid.analysis.llm import (
     LlmAnalyzer,
     PromptSettings,
     RiskScorer,
+    block_count,
     build_prompt,
     default_llm_threads,
+    describe_offload,
+    gguf_metadata,
+    gpu_offload_supported,
+    offloaded_layers,
     parse_response,
 )
 from hsid.core.config import AnalyzerConfig
@@ -146,7 +151,7 @@ async def test_scorer_uses_the_llm_when_it_is_loaded(tiny_config: AnalyzerConfig
 
 async def test_deadline_inside_generation_falls_back_with_the_reason(tiny_gguf: Path) -> None:
     # Far below the configurable minimum on purpose: the deadline must cut generation short.
-    config = AnalyzerConfig(model=str(tiny_gguf), timeout_seconds=0.005)
+    config = AnalyzerConfig.model_construct(model=str(tiny_gguf), timeout_seconds=0.005)
     scorer = RiskScorer(config)
     await scorer.load()
     try:
@@ -165,7 +170,8 @@ async def test_deadline_inside_generation_falls_back_with_the_reason(tiny_gguf: 
 
 
 def test_analyzer_raises_a_timeout_error_past_the_deadline(tiny_gguf: Path) -> None:
-    analyzer = LlmAnalyzer(AnalyzerConfig(model=str(tiny_gguf), timeout_seconds=0.005))
+    analyzer = LlmAnalyzer(AnalyzerConfig.model_construct(model=str(tiny_gguf),
+                                                          timeout_seconds=0.005))
     analyzer.load()
     try:
         with pytest.raises(AnalysisTimeout) as caught:
@@ -315,3 +321,83 @@ def test_prompt_lists_a_bounded_number_of_detections() -> None:
 def test_llm_threads_default_to_the_cores_the_detector_leaves() -> None:
     assert default_llm_threads(3) == 3
     assert default_llm_threads(0) >= 1
+
+
+# --- GPU offload -------------------------------------------------------------------------------
+
+
+def test_start_up_log_says_whether_layers_are_offloaded_and_how_many(tiny_gguf: Path) -> None:
+    analyzer = LlmAnalyzer(AnalyzerConfig(model=str(tiny_gguf), n_gpu_layers=-1))
+    with capture_logs() as logs:
+        analyzer.load()
+    analyzer.close()
+    [loaded] = [e for e in logs if e["event"] == "analyzer_model_loaded"]
+    gpu = gpu_offload_supported()
+    assert loaded["gpu_offload"] is gpu
+    assert loaded["layers"] == 2  # the tiny GGUF's llama.block_count
+    assert loaded["n_gpu_layers"] == -1
+    assert loaded["gpu_layers"] == (2 if gpu else 0)
+
+
+def test_layer_count_comes_from_the_gguf_metadata(tiny_gguf: Path) -> None:
+    metadata = gguf_metadata(tiny_gguf)
+    assert metadata["general.architecture"] == "llama"
+    assert block_count(metadata) == 2
+    assert block_count({"general.architecture": "qwen2", "qwen2.block_count": "24"}) == 24
+    assert block_count({}) is None
+
+
+def test_missing_or_broken_gguf_has_no_metadata(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\x00" * 64)
+    assert gguf_metadata(broken) == {}
+    assert gguf_metadata(tmp_path / "absent.gguf") == {}
+
+
+@pytest.mark.parametrize(("n_gpu_layers", "layers", "gpu", "offloaded"), [
+    (-1, 30, True, 30), (10, 30, True, 10), (99, 30, True, 30), (0, 30, True, 0),
+    (-1, 30, False, 0), (-1, None, True, None), (5, None, True, 5),
+])
+def test_offloaded_layers(n_gpu_layers: int, layers: int | None, gpu: bool,
+                          offloaded: int | None) -> None:
+    assert offloaded_layers(n_gpu_layers, layers, gpu) == offloaded
+
+
+def test_offload_is_described_for_each_case() -> None:
+    model = AnalyzerConfig(model="/models/smollm2.gguf", n_gpu_layers=-1)
+    assert describe_offload(model, gpu=True, gpu_visible=True, layers=24) == (
+        "llama-cpp-python can offload to the GPU; analyzer.n_gpu_layers = -1: "
+        "24 of 24 layers of smollm2.gguf on the GPU")
+    assert "analyzer.n_gpu_layers = 0: the LLM runs on the CPU" in describe_offload(
+        AnalyzerConfig(model="m.gguf", n_gpu_layers=0), gpu=True, gpu_visible=True, layers=24)
+    assert describe_offload(model, gpu=False, gpu_visible=False, layers=None) == (
+        "llama-cpp-python cannot offload (no NVIDIA GPU visible): the LLM runs on the CPU")
+    cpu_build = describe_offload(model, gpu=False, gpu_visible=True, layers=None)
+    assert "CPU-only build" in cpu_build and 'CMAKE_ARGS="-DGGML_CUDA=on"' in cpu_build
+
+
+@pytest.mark.skipif(not gpu_offload_supported(), reason="llama-cpp-python cannot offload here "
+                    "(a CPU-only build, or no GPU)")
+def test_all_layers_go_to_the_gpu_with_a_gpu_build(tiny_gguf: Path) -> None:
+    analyzer = LlmAnalyzer(AnalyzerConfig(model=str(tiny_gguf), n_gpu_layers=-1))
+    with capture_logs() as logs:
+        analyzer.load()
+    analyzer.close()
+    [loaded] = [e for e in logs if e["event"] == "analyzer_model_loaded"]
+    assert loaded["gpu_offload"] is True and loaded["gpu_layers"] == 2
+
+
+def test_a_cpu_only_build_beside_a_gpu_is_a_warning_with_the_rebuild_command(
+    tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hsid.analysis import llm
+
+    monkeypatch.setattr(llm, "gpu_offload_supported", lambda: False)
+    monkeypatch.setattr(llm, "_gpu_visible", lambda: True)
+    analyzer = LlmAnalyzer(AnalyzerConfig(model=str(tiny_gguf)))
+    with capture_logs() as logs:
+        analyzer.load()
+    analyzer.close()
+    [warning] = [e for e in logs if e["event"] == "analyzer_gpu_unavailable"]
+    assert "CPU-only build" in warning["reason"]
+    assert "-DGGML_CUDA=on" in warning["hint"]

@@ -145,9 +145,9 @@ async def test_two_installs_on_one_redis_never_receive_each_others_events(
     assert runtime_a.keyspace.channel(SYSTEM_STATUS_CHANNEL) != runtime_b.keyspace.channel(
         SYSTEM_STATUS_CHANNEL)
 
-    assert await StatusPublisher(runtime_a).publish() == 1  # a's relay, not b's
+    await StatusPublisher(runtime_a).publish()
     assert (await ws_a.receive_json(timeout=5))["data"]["detector"] == "install-a"
-    assert await StatusPublisher(runtime_b).publish() == 1
+    await StatusPublisher(runtime_b).publish()
     # Pub/sub keeps order: had b heard a's message, it would have come first.
     assert (await ws_b.receive_json(timeout=5))["data"]["detector"] == "install-b"
     with pytest.raises(TimeoutError):

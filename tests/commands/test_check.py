@@ -11,8 +11,15 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import asyncpg
+import onnxruntime
+import pytest
 
+from hsid.analysis.llm import gpu_offload_supported
+from hsid.core.config import Config
+from hsid.core.nvml import gpu_names
 from hsid.model_files.tiny_detector import write_tiny_detector
+from hsid.model_files.tiny_llm import write_tiny_gguf
+from hsid.pipeline import detector
 
 
 def run_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -41,7 +48,7 @@ def test_check_passes_on_a_good_configuration(
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     for name in ("config", "database", "redis", "camera_root", "watch", "time", "state_dir",
-                 "models", "onnxruntime", "gpu", "alerts"):
+                 "models", "onnxruntime", "gpu", "llm", "alerts"):
         assert any(line.startswith("OK") and f" {name}:" in line for line in lines), name
     assert "1 camera folder" in result.stdout
 
@@ -131,3 +138,64 @@ def test_check_shows_the_site_time_zone_and_the_local_time_there(
     [line] = [line for line in system.stdout.splitlines() if " time:" in line]
     assert "zone Asia/Kathmandu (the system's; set site.timezone" in line
     assert line.endswith("(UTC+0545)")
+
+
+def check_line(result: subprocess.CompletedProcess[str], name: str) -> str:
+    [line] = [line for line in result.stdout.splitlines() if f" {name}:" in line]
+    return line
+
+
+def test_check_says_which_provider_detects_and_why(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    line = check_line(run_check(base_env(tmp_path, database_url, redis_url)), "onnxruntime")
+    installed = onnxruntime.get_available_providers()
+    if not detector.GPU_PROVIDERS & set(installed):
+        assert line == "OK   onnxruntime: CPUExecutionProvider: onnxruntime has no CUDA/TensorRT " \
+                       "provider"
+    elif not gpu_names():
+        assert line == "OK   onnxruntime: CPUExecutionProvider: no NVIDIA GPU visible"
+    elif line.startswith("OK   onnxruntime: TensorrtExecutionProvider"):
+        assert f"engine cached in {tmp_path / 'state' / 'engines' / 'tiny-'}" in line
+    else:
+        assert line.startswith("OK   onnxruntime: CUDAExecutionProvider: ")
+
+
+def test_check_names_the_tensorrt_engine_folder(tmp_path: Path) -> None:
+    """The TensorRT line as a GPU machine with TensorRT would print it."""
+    from hsid.commands.check import _engine_cache
+
+    model = write_tiny_detector(tmp_path / "tiny.onnx")
+    config = Config().with_overrides({"paths": {"state_dir": str(tmp_path / "state")},
+                                      "detector": {"model": str(model), "batch_size": 2}})
+    folder = detector.engine_dir(tmp_path / "state" / "engines", model, 2)
+    assert _engine_cache(config) == (f"engine cached in {folder} (built at start-up, before "
+                                     "READY (may take minutes))")
+    folder.mkdir(parents=True)
+    (folder / "TensorrtExecutionProvider_TRTKernel_graph_main_0_0_sm90.engine").write_bytes(b"")
+    assert _engine_cache(config) == f"engine cached in {folder} (built)"
+
+
+def test_check_says_whether_the_llm_can_use_the_gpu_and_how_many_layers(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    model = write_tiny_gguf(tmp_path / "tiny.gguf")
+    env = base_env(tmp_path, database_url, redis_url) | {"HSID_ANALYZER__MODEL": str(model)}
+    line = check_line(run_check(env), "llm")
+    if gpu_offload_supported():
+        assert line == ("OK   llm: llama-cpp-python can offload to the GPU; "
+                        "analyzer.n_gpu_layers = -1: 2 of 2 layers of tiny.gguf on the GPU")
+    elif gpu_names():
+        assert line.startswith("OK   llm: the installed llama-cpp-python is a CPU-only build")
+    else:
+        assert line == ("OK   llm: llama-cpp-python cannot offload (no NVIDIA GPU visible): "
+                        "the LLM runs on the CPU")
+
+
+@pytest.mark.skipif(not gpu_names(), reason="needs an NVIDIA GPU")
+def test_check_puts_detection_on_the_gpu_where_there_is_one(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    line = check_line(run_check(base_env(tmp_path, database_url, redis_url)), "onnxruntime")
+    assert line.startswith(("OK   onnxruntime: TensorrtExecutionProvider",
+                            "OK   onnxruntime: CUDAExecutionProvider"))

@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from hsid.core.config import (
+    AnalyzerConfig,
     Config,
+    DetectorConfig,
+    PathsConfig,
     SiteConfig,
     alert_settings,
     load_config,
@@ -308,3 +312,42 @@ def test_bad_entity_settings_name_the_key(environ: dict[str, str], named: str) -
     with pytest.raises(ConfigError) as info:
         load_config(None, environ=environ)
     assert named in str(info.value)
+
+
+def test_sections_built_in_code_are_validated_too() -> None:
+    with pytest.raises(ValidationError):
+        DetectorConfig(confidence=1.5)
+    with pytest.raises(ValidationError):
+        AnalyzerConfig(risk_medium=70)  # above risk_high
+    paths = Config().with_overrides({"paths": {"camera_root": "/srv/cams"}}).paths
+    assert paths == PathsConfig(camera_root=Path("/srv/cams"))
+    assert isinstance(paths.camera_root, Path)
+
+
+def test_toml_values_must_have_the_keys_type(tmp_path: Path) -> None:
+    # Strings are parsed (the environment's are all strings); other TOML values are not.
+    path = tmp_path / "hsid.toml"
+    path.write_text("[api]\nport = 8000.0\n")
+    with pytest.raises(ConfigError, match=r"api\.port = 8000\.0: expected an integer"):
+        load_config(path, environ={})
+    path.write_text("[detector]\nconfidence = true\n")
+    with pytest.raises(ConfigError, match=r"detector\.confidence = True: expected a number"):
+        load_config(path, environ={})
+
+
+def test_every_secret_key_is_masked() -> None:
+    config = load_config(None, environ={
+        "HSID_DATABASE__URL": "postgresql://u:pw1@db/hsid",
+        "HSID_REDIS__URL": "redis://:pw2@cache:6379/0",
+        "HSID_API__API_KEYS": "pw3",
+        "HSID_ALERTS__WEBHOOK_HMAC_KEY": "pw4",
+        "HSID_ALERTS__MQTT_URL": "mqtt://u:pw5@broker",
+        "HSID_ALERTS__APPRISE_URLS": "ntfy://pw6",
+        "HSID_ALERTS__WEBHOOK_URL": "https://hooks.example.net/services/pw7",
+    })
+    shown = redacted(config)
+    assert not any(f"pw{i}" in str(shown) for i in range(1, 8))
+    assert shown["alerts"]["webhook_url"] == "https://***"
+    assert shown["database"]["url"] == "postgresql://u:***@db/hsid"
+    assert shown["alerts"]["webhook_hmac_key"] == "***"
+    assert shown["alerts"]["apprise_urls"] == ["ntfy://***"]

@@ -60,7 +60,7 @@ async def test_every_key_hsid_writes_carries_the_prefix(
     for n in range(3):  # one dead-lettered, one left in flight, one waiting
         claim = Claim(keyspace.dedupe("0" * 64), str(image), 300) if n == 1 else None
         assert await queue.push({"camera_id": "porch", "file_path": f"/x/{n}.jpg",
-                                 "timestamp": "t"}, claim) is None
+                                 "timestamp": "2025-12-23T10:30:00.000000"}, claim) is None
     job = await queue.take(1)
     assert job is not None
 
@@ -88,7 +88,7 @@ async def test_installs_sharing_a_database_keep_their_queues_batches_and_locks(
     redis: aioredis.Redis, redis_prefix: str
 ) -> None:
     a, b = Keyspace(redis_prefix + "a:"), Keyspace(redis_prefix + "b:")
-    config = BatchConfig(window_seconds=0, idle_seconds=0)
+    config = BatchConfig.model_construct(window_seconds=0, idle_seconds=0)  # below the minimum
     await Batcher(config, redis, a).add("porch", [NewDetection(1, "car", 0.6)])
     assert await Batcher(config, redis, b).sweep() == 0  # b never closes a's batch
     assert await Batcher(config, redis, a).sweep() == 1

@@ -20,6 +20,7 @@ from hsid.core.constants import ANALYSIS_QUEUE, DETECTION_QUEUE
 from hsid.core.errors import InvalidInput, NotFound, PermanentError, TransientError
 from hsid.core.health import Health
 from hsid.core.keyspace import Keyspace
+from hsid.core.messages import DetectionItem, decode_item
 from hsid.core.queues import (
     Claim,
     Job,
@@ -42,6 +43,13 @@ DLQ_KEYS = ["original_job", "error", "attempt_count", "first_failed_at", "last_f
 def image(n: int) -> dict[str, Any]:
     return {"camera_id": "front_door", "file_path": f"/cams/front_door/{n}.jpg",
             "timestamp": "2025-12-23T10:30:00.000000"}
+
+
+def typed(n: int, **extra: Any) -> DetectionItem:
+    """image(n) (with `extra`) as a taken job holds it."""
+    item = decode_item(DETECTION_QUEUE, json.dumps({**image(n), **extra}))
+    assert isinstance(item, DetectionItem)
+    return item
 
 
 def detection_queue(redis: aioredis.Redis, keyspace: Keyspace, worker: str = "w1",
@@ -84,7 +92,7 @@ async def test_item_taken_by_dead_worker_is_recovered_and_processed(
 
     revived = detection_queue(redis, keyspace)
     assert await revived.recover() == 1
-    seen: list[dict[str, Any]] = []
+    seen: list[Any] = []
 
     async def handle(job: Job) -> None:
         seen.append(job.item)
@@ -92,7 +100,7 @@ async def test_item_taken_by_dead_worker_is_recovered_and_processed(
     job = await revived.take(1)
     assert job is not None
     assert await process_with_retries(revived, job, handle, FAST) is True
-    assert seen == [{**image(1), "crash_count": 1}]  # the death is counted in the item
+    assert seen == [typed(1, crash_count=1)]  # the death is counted in the item
     assert job.crash_count == 1
     assert await redis.llen(revived.processing_key) == 0
 
@@ -125,7 +133,7 @@ async def test_consumer_cancelled_mid_handler_loses_nothing(
 
     revived = detection_queue(redis, keyspace)
     await asyncio.wait_for(consume(revived, handle, FAST, stopping, 0.1), 5)
-    assert [job.item for job in done] == [image(1)]
+    assert [job.item for job in done] == [typed(1)]
     assert await redis.llen(queue.processing_key) == 0
     assert await redis.llen(keyspace.queue(DETECTION_QUEUE)) == 0
 
@@ -346,10 +354,10 @@ async def test_take_batch_takes_what_is_waiting(redis: aioredis.Redis, keyspace:
         await queue.push(image(n))
     await redis.rpush(keyspace.queue(DETECTION_QUEUE), b"garbage")
     batch = await queue.take_batch(3, 1)
-    assert [job.item for job in batch] == [image(0), image(1), image(2)]
+    assert [job.item for job in batch] == [typed(0), typed(1), typed(2)]
     assert await redis.llen(queue.processing_key) == 3
     rest = await queue.take_batch(10, 1)
-    assert [job.item for job in rest] == [image(3), image(4)]
+    assert [job.item for job in rest] == [typed(3), typed(4)]
     assert await redis.llen(keyspace.dlq(DETECTION_QUEUE)) == 1
     assert await queue.take_batch(3, 0.05) == []
 
@@ -365,7 +373,7 @@ async def test_two_workers_never_take_the_same_item(
     async def drain(worker: str) -> None:
         queue = detection_queue(redis, keyspace, worker)
         while (job := await queue.take(0.05)) is not None:
-            taken[worker].append(job.item["file_path"])
+            taken[worker].append(job.item.file_path)
             await asyncio.sleep(0)
             await queue.ack(job)
 

@@ -509,6 +509,12 @@ ENTITY_DETECTIONS = Table(
     indexes={"idx_entity_detections_entity_id": "(entity_id)"},
 )
 
+# hsid/core/db.py's record of the numbered migrations a database has had.
+SCHEMA_MIGRATIONS = Table(
+    columns={"version": "integer NOT NULL", "name": "varchar NOT NULL", "applied_at": NOW},
+    constraints={"schema_migrations_pkey": "PRIMARY KEY (version)"},
+)
+
 EXPECTED: dict[str, Table] = {
     "cameras": CAMERAS,
     "detections": DETECTIONS,
@@ -529,6 +535,7 @@ EXPECTED: dict[str, Table] = {
     "user_calibrations": USER_CALIBRATIONS,
     "snapshots": SNAPSHOTS,
     "entity_detections": ENTITY_DETECTIONS,
+    "schema_migrations": SCHEMA_MIGRATIONS,
 }
 
 
@@ -678,48 +685,8 @@ async def test_schema_applies_twice_and_the_second_time_changes_nothing(
     assert described == EXPECTED
 
 
-async def test_an_install_older_than_captured_at_gains_it_and_keeps_its_rows(
-    fresh_database_url: str,
-) -> None:
-    pool = await create_pool(Config().database, fresh_database_url)
-    try:
-        await apply_schema(pool)
-        async with pool.acquire() as conn:
-            # What an install from before the column looks like (its index goes with it).
-            await conn.execute("ALTER TABLE detections DROP COLUMN captured_at")
-            await conn.execute("INSERT INTO cameras (id, name, folder_path) "
-                               "VALUES ('c', 'C', '/c')")
-            await conn.execute("INSERT INTO detections (camera_id, file_path) "
-                               "VALUES ('c', '/c/a')")
-        await apply_schema(pool)
-        async with pool.acquire() as conn:
-            described = await describe(conn)
-            row = await conn.fetchrow("SELECT file_path, captured_at FROM detections")
-    finally:
-        await pool.close()
-    assert described["detections"] == DETECTIONS
-    assert dict(row) == {"file_path": "/c/a", "captured_at": None}
-
-
-async def test_an_install_older_than_entities_gains_the_link_table_and_the_rule_switch(
-    fresh_database_url: str,
-) -> None:
-    pool = await create_pool(Config().database, fresh_database_url)
-    try:
-        await apply_schema(pool)
-        async with pool.acquire() as conn:
-            await conn.execute("DROP TABLE entity_detections")
-            await conn.execute("ALTER TABLE alert_rules DROP COLUMN skip_trusted_entities")
-            await conn.execute("INSERT INTO alert_rules (name) VALUES ('old rule')")
-        await apply_schema(pool)
-        async with pool.acquire() as conn:
-            described = await describe(conn)
-            skip = await conn.fetchval("SELECT skip_trusted_entities FROM alert_rules")
-    finally:
-        await pool.close()
-    assert described["alert_rules"] == ALERT_RULES
-    assert described["entity_detections"] == ENTITY_DETECTIONS
-    assert skip is True  # an existing rule passes over trusted entities, as new ones do
+# Older installs (without captured_at, snapshots, entity_detections, skip_trusted_entities)
+# are upgraded by the numbered migrations: tests/core/test_migrations.py.
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

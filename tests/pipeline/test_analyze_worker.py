@@ -110,11 +110,18 @@ async def test_single_qualifying_detection_is_a_fast_path_event(
 async def test_unusable_items_go_to_the_dlq(
     analysis: ReliableQueue, redis: aioredis.Redis, keyspace: Keyspace, seeded: list[int],
 ) -> None:
-    await analysis.push({"batch_id": "x", "camera_id": CAMERA, "detection_ids": []})
+    # A malformed item cannot be pushed through the queue: it is written as a foreign
+    # producer would, and the worker's queue dead-letters it with its reason.
+    await redis.rpush(keyspace.queue("analysis_queue"),
+                      '{"batch_id":"x","camera_id":"' + CAMERA + '","detection_ids":[]}',
+                      '{"batch_id":"z","camera_id":"' + CAMERA + '","detection_ids":[true]}')
     await analysis.push({"batch_id": "y", "camera_id": CAMERA, "detection_ids": [999999]})
-    raws = await eventually(lambda: _at_least(redis, keyspace.dlq("analysis_queue"), 2))
+    raws = await eventually(lambda: _at_least(redis, keyspace.dlq("analysis_queue"), 3))
     errors = [json.loads(raw)["error"] for raw in raws]
-    assert any("non-empty" in e for e in errors)
+    assert errors[:2] == [
+        "malformed queue item: detection_ids: List should have at least 1 item after "
+        "validation, not 0",
+        "malformed queue item: detection_ids.0: Input should be a valid integer"]
     assert any("exist" in e for e in errors)
 
 

@@ -191,6 +191,19 @@ async def test_upload_overwritten_before_it_was_read_is_dead_lettered_by_its_con
     assert await db.fetchval("SELECT count(*) FROM detections") == 0
 
 
+async def test_malformed_item_is_dead_lettered_with_its_reason_and_the_worker_carries_on(
+    running_worker: ReliableQueue, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    camera: Path,
+) -> None:
+    good = snapshot(camera / "after.jpg", [((50, 50, 400, 400), RED)])
+    await redis.rpush(keyspace.queue("detection_queue"), '{"file_path": "/cams/x.jpg"}')
+    await running_worker.push(item(good))
+    [entry] = await eventually(lambda: _dlq_when(redis, keyspace, 1))
+    assert entry["error"] == "malformed queue item: camera_id: Field required"
+    assert entry["original_job"] == {"file_path": "/cams/x.jpg"}
+    assert await eventually(lambda: db.fetchval("SELECT count(*) FROM detections")) == 1
+
+
 async def _dlq_when(redis: aioredis.Redis, keyspace: Keyspace, count: int) -> list[dict] | None:
     raws = await redis.lrange(keyspace.dlq("detection_queue"), 0, -1)
     return [json.loads(r) for r in raws] if len(raws) >= count else None

@@ -20,11 +20,18 @@ from structlog.testing import capture_logs
 from hsid.core.config import DetectorConfig
 from hsid.core.errors import ConfigError, PermanentError
 from hsid.model_files.tiny_detector import write_tiny_detector
+from hsid.pipeline import detector as detector_module
 from hsid.pipeline.detector import (
     CPU_PROVIDER,
+    CUDA_PROVIDER,
+    TENSORRT_PROVIDER,
     Detector,
     ObjectDetection,
     decode,
+    engine_dir,
+    provider_chain,
+    tensorrt_profile,
+    usable_providers,
 )
 from hsid.pipeline.image_format import image_end, image_header
 
@@ -331,3 +338,140 @@ def test_model_with_another_interface_is_a_config_error(
 
 def test_inference_fps_is_zero_before_any_run(tiny_model: Path, tmp_path: Path) -> None:
     assert Detector(DetectorConfig(model=str(tiny_model)), tmp_path).inference_fps == 0.0
+
+
+def test_warm_up_runs_the_largest_batch_once_and_is_not_counted(
+    tiny_model: Path, make_detector: Callable[..., Detector], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    detector = make_detector(tiny_model, batch_size=3)
+    real_run = detector_module._run_session
+    batches: list[int] = []
+
+    def spy(session: Any, outputs: list[str], feeds: dict[str, np.ndarray]) -> Any:
+        batches.append(len(next(iter(feeds.values()))))
+        return real_run(session, outputs, feeds)
+
+    monkeypatch.setattr(detector_module, "_run_session", spy)
+    detector.warm_up()
+    assert batches == [3]
+    assert detector.max_batch == 3
+    assert detector.inference_fps == 0.0  # model time of real images only
+
+
+def test_warm_up_before_load_is_a_programming_error(tiny_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="before load"):
+        Detector(DetectorConfig(model=str(tiny_model)), tmp_path).warm_up()
+
+
+# --- TensorRT options and the provider choice (pure: no GPU needed) ---------------------------
+
+ALL_PROVIDERS = [TENSORRT_PROVIDER, CUDA_PROVIDER, CPU_PROVIDER]
+
+
+def test_tensorrt_gets_fp16_a_cache_and_a_profile_for_batches_one_to_batch_size(
+    tmp_path: Path,
+) -> None:
+    model = write_tiny_detector(tmp_path / "tiny.onnx", "rtdetr")
+    inputs = detector_module._model_inputs(model)  # read from the file, not hard-coded
+    assert [name for name, _ in inputs] == ["images", "orig_target_sizes"]
+    engines = tmp_path / "engines" / "tiny-abc"
+    chain = provider_chain(ALL_PROVIDERS, tmp_path / "engines", engines, inputs, 4)
+    assert [name for name, _ in chain] == ALL_PROVIDERS
+    options = chain[0][1]
+    assert options["trt_fp16_enable"] is True
+    assert options["trt_engine_cache_enable"] is True
+    assert options["trt_engine_cache_path"] == str(engines)
+    assert options["trt_timing_cache_path"] == str(tmp_path / "engines")
+    assert options["trt_profile_min_shapes"] == "images:1x3x640x640,orig_target_sizes:1x2"
+    assert options["trt_profile_opt_shapes"] == "images:4x3x640x640,orig_target_sizes:4x2"
+    assert options["trt_profile_max_shapes"] == "images:4x3x640x640,orig_target_sizes:4x2"
+    assert chain[1:] == [(CUDA_PROVIDER, {}), (CPU_PROVIDER, {})]
+
+
+def test_hugging_face_export_gets_its_own_input_in_the_profile(tmp_path: Path) -> None:
+    inputs = detector_module._model_inputs(write_tiny_detector(tmp_path / "hf.onnx", "hf"))
+    assert tensorrt_profile(inputs, 2) == {
+        "trt_profile_min_shapes": "pixel_values:1x3x640x640",
+        "trt_profile_opt_shapes": "pixel_values:2x3x640x640",
+        "trt_profile_max_shapes": "pixel_values:2x3x640x640",
+    }
+
+
+def test_dynamic_image_sides_are_the_input_size_and_unknown_axes_leave_no_profile() -> None:
+    assert tensorrt_profile([("images", ["N", 3, "H", "W"]), ("orig_target_sizes", [None, 2])],
+                            8)["trt_profile_max_shapes"] == (
+        "images:8x3x640x640,orig_target_sizes:8x2")
+    assert tensorrt_profile([("tokens", ["N", "T"])], 4) == {}  # T: nothing says how long
+    assert tensorrt_profile([("images", [2, 3, 640, 640])], 4) == {}  # static: none needed
+
+
+def test_only_the_cpu_provider_is_offered_without_gpu_providers_or_a_gpu() -> None:
+    assert usable_providers([CPU_PROVIDER], ["NVIDIA H100"], True) == (
+        [CPU_PROVIDER], "onnxruntime has no CUDA/TensorRT provider")
+    assert usable_providers(ALL_PROVIDERS, [], True) == (
+        [CPU_PROVIDER], "no NVIDIA GPU visible")
+    assert provider_chain([CPU_PROVIDER], Path("e"), Path("e/x"), [], 4) == [(CPU_PROVIDER, {})]
+
+
+def test_tensorrt_is_offered_only_when_its_library_loads() -> None:
+    assert usable_providers(ALL_PROVIDERS, ["NVIDIA L4"], True) == (
+        ALL_PROVIDERS, "TensorRT with NVIDIA L4")
+    assert usable_providers(ALL_PROVIDERS, ["NVIDIA L4"], False) == (
+        [CUDA_PROVIDER, CPU_PROVIDER], "TensorRT's library (libnvinfer) is not installed")
+    assert usable_providers([CUDA_PROVIDER, CPU_PROVIDER], ["NVIDIA L4"], False) == (
+        [CUDA_PROVIDER, CPU_PROVIDER], "onnxruntime has no TensorRT provider")
+
+
+def test_engine_folder_follows_the_model_contents_and_the_batch_size(tmp_path: Path) -> None:
+    rtdetr = write_tiny_detector(tmp_path / "a" / "tiny.onnx", "rtdetr")
+    hf = write_tiny_detector(tmp_path / "b" / "tiny.onnx", "hf")  # same name, new contents
+    root = tmp_path / "engines"
+    assert engine_dir(root, rtdetr, 4) == engine_dir(root, rtdetr, 4)
+    assert engine_dir(root, rtdetr, 4).parent == root
+    assert engine_dir(root, rtdetr, 4).name.startswith("tiny-")
+    assert len({engine_dir(root, rtdetr, 4), engine_dir(root, hf, 4),
+                engine_dir(root, rtdetr, 8)}) == 3
+
+
+def test_load_asks_tensorrt_with_the_models_profile_then_falls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on a GPU machine whose GPU providers fail: the chain load() builds is recorded."""
+    model = write_tiny_detector(tmp_path / "tiny.onnx", "rtdetr")
+    real_session = onnxruntime.InferenceSession
+    tried: list[list[tuple[str, dict[str, Any]]]] = []
+
+    def session(path: str, sess_options: Any, providers: list[Any]) -> Any:
+        tried.append(providers)
+        if providers[0][0] != CPU_PROVIDER:
+            raise RuntimeError(f"{providers[0][0]} cannot start here")
+        return real_session(path, sess_options=sess_options, providers=providers)
+
+    monkeypatch.setattr(detector_module, "gpu_names", lambda: ["NVIDIA Test GPU"])
+    monkeypatch.setattr(detector_module, "tensorrt_loadable", lambda: True)
+    monkeypatch.setattr(detector_module.ort, "get_available_providers", lambda: ALL_PROVIDERS)
+    monkeypatch.setattr(detector_module.ort, "InferenceSession", session)
+    detector = Detector(DetectorConfig(model=str(model), batch_size=2), tmp_path / "engines")
+    with capture_logs() as logs:
+        detector.load()
+    assert [chain[0][0] for chain in tried] == ALL_PROVIDERS
+    trt = dict(tried[0])[TENSORRT_PROVIDER]
+    assert trt["trt_profile_max_shapes"] == "images:2x3x640x640,orig_target_sizes:2x2"
+    assert Path(trt["trt_engine_cache_path"]) == engine_dir(tmp_path / "engines", model, 2)
+    assert Path(trt["trt_engine_cache_path"]).is_dir()
+    assert [e["provider"] for e in logs if e["event"] == "detector_provider_failed"] == [
+        TENSORRT_PROVIDER, CUDA_PROVIDER]
+    assert detector.provider == CPU_PROVIDER
+
+
+@pytest.mark.skipif(not detector_module.gpu_names(), reason="needs an NVIDIA GPU")
+def test_warm_up_on_the_gpu_builds_the_engine_before_the_first_snapshot(
+    tmp_path: Path,
+) -> None:
+    model = write_tiny_detector(tmp_path / "tiny.onnx", "rtdetr")
+    detector = Detector(DetectorConfig(model=str(model), batch_size=2), tmp_path / "engines")
+    detector.load()
+    detector.warm_up()
+    assert detector.provider != CPU_PROVIDER
+    if detector.provider == TENSORRT_PROVIDER:
+        assert any((engine_dir(tmp_path / "engines", model, 2)).glob("*.engine"))

@@ -194,7 +194,7 @@ async def test_a_crash_in_the_middle_of_an_episode_loses_nothing_and_duplicates_
     # The analyzer dies holding the episode's fast-path job.
     dead = _queue(episode_config, redis, keyspace)
     held = await dead.take(1)
-    assert held is not None and held.item["fast_path"] is True
+    assert held is not None and held.item.fast_path is True
     await asyncio.sleep(0.45)
     assert await batcher.sweep() == 1  # the follow-up is queued meanwhile
     # A re-delivery of the follow-up (a sweeper and an orphan rebatch both got to it).

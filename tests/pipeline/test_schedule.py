@@ -35,7 +35,7 @@ def batch_item(camera: str, n: int) -> dict[str, Any]:
 async def take_all(queue: FairQueue) -> list[str]:
     taken = []
     while (job := await queue.take(0.01)) is not None:
-        taken.append(job.item["batch_id"])
+        taken.append(job.item.batch_id)
         await queue.ack(job)
     return taken
 
@@ -86,12 +86,12 @@ async def test_a_job_taken_fairly_survives_a_crash_and_is_recovered(
     await dead.push(batch_item("drive", 0))
     await dead.push(fast_item("porch", 0))
     job = await dead.take(0.1)  # the worker dies holding the fast-path job
-    assert job is not None and job.item["batch_id"] == "porch-fast-0"
+    assert job is not None and job.item.batch_id == "porch-fast-0"
     assert await redis.llen(dead.processing_key) == 1
     reborn = fair(redis, keyspace, worker="w1")
     assert await reborn.recover() == 1
     again = await reborn.take(0.1)
-    assert again is not None and again.item["batch_id"] == "porch-fast-0"
+    assert again is not None and again.item.batch_id == "porch-fast-0"
     assert again.crash_count == 1
     await reborn.ack(again)
     assert await take_all(reborn) == ["drive-batch-0"]
@@ -119,5 +119,5 @@ async def test_an_idle_take_waits_for_the_next_job(
     await ReliableQueue(redis, ANALYSIS_QUEUE, "producer", FAST,
                         keyspace=keyspace).push(batch_item("drive", 7))
     job = await asyncio.wait_for(waiting, 3)
-    assert job is not None and job.item["batch_id"] == "drive-batch-7"
+    assert job is not None and job.item.batch_id == "drive-batch-7"
     assert await redis.hget(queue.schedule_key, "last") == b"drive"

@@ -21,13 +21,13 @@ from structlog.testing import capture_logs
 from hsid.api import cleanup as cleanup_http
 from hsid.api.keys import RUNTIME
 from hsid.api.middleware import error_middleware
+from hsid.commands.cleanup import cleanup_command
 from hsid.core.config import Config, PathsConfig, RetentionConfig
 from hsid.core.keyspace import Keyspace
 from hsid.core.runtime import Runtime
 from hsid.pipeline.snapshots import SNAPSHOTS_DIR
 from hsid.upkeep.cleanup import (
     CleanupService,
-    cleanup_command,
     next_cleanup,
     run_cleanup,
 )
