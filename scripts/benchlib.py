@@ -24,6 +24,9 @@ PG_ADMIN_URL = os.environ.get("HSID_BENCH_PG_URL", "postgresql://postgres@127.0.
 REDIS_URL = os.environ.get("HSID_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 # The steps hsid_stage_seconds measures (hsid/core/metrics.py).
 STEPS = ("decode", "inference", "database", "llm", "embedding")
+# Those of them the detect worker measures per image, thumbnails included.
+WORKER_STEPS = ("decode", "inference", "database", "thumbnails")
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 @asynccontextmanager
@@ -153,3 +156,34 @@ async def stage_shares(base: str) -> dict[str, tuple[float, float]]:
                     index = 0 if sample.name.endswith("_sum") else 1
                     stats.setdefault(step, [0.0, 0.0])[index] = sample.value
     return {step: (values[0], values[1]) for step, values in stats.items()}
+
+
+def stage_totals() -> dict[str, tuple[float, float]]:
+    """step -> (seconds in all, observations) of hsid_stage_seconds in this process, for
+    every step in WORKER_STEPS ((0, 0) for one never observed)."""
+    from hsid.core import metrics
+
+    def value(name: str, step: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name, {"step": step}) or 0.0
+
+    return {step: (value("hsid_stage_seconds_sum", step), value("hsid_stage_seconds_count", step))
+            for step in WORKER_STEPS}
+
+
+def photo_copies(folders: list[Path], dest: Path, count: int) -> list[Path]:
+    """`count` snapshots in `dest` made from the photos in `folders` (sorted, cycled): a
+    repeat has bytes appended after the image's end, so it is a new upload (its own SHA256)
+    with the same pixels, as a camera re-sending a frame with other trailing metadata."""
+    photos = sorted(p for folder in folders for p in folder.iterdir()
+                    if p.suffix.lower() in PHOTO_SUFFIXES)
+    if not photos:
+        raise SystemExit(f"no photos ({', '.join(PHOTO_SUFFIXES)}) in {folders}")
+    copies = []
+    for n in range(count):
+        source = photos[n % len(photos)]
+        repeat = n // len(photos)
+        target = dest / f"{n:04d}_{source.stem}{source.suffix.lower()}"
+        target.write_bytes(source.read_bytes() + (f"\0hsid-bench {repeat}".encode()
+                                                  if repeat else b""))
+        copies.append(target)
+    return copies

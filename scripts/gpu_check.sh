@@ -18,10 +18,14 @@ import os
 import sys
 from datetime import UTC, datetime
 
+import redis.asyncio as aioredis
+
 from hsid.core.config import Config, GpuConfig
+from hsid.core.context import StageContext
 from hsid.core.db import apply_schema, create_pool
 from hsid.upkeep.gpu import GpuMonitor, sample_gpu
 from hsid.core.health import Health
+from hsid.core.keyspace import Keyspace
 
 SELECT_SINCE = """
 SELECT recorded_at, gpu_name, gpu_utilization, memory_used, memory_total, temperature,
@@ -36,7 +40,10 @@ async def main(seconds: float) -> int:
     try:
         await apply_schema(pool)
         started, health, stopping = datetime.now(UTC), Health(), asyncio.Event()
-        monitor = GpuMonitor(GpuConfig(poll_seconds=1.0), pool, health, lambda: 12.5, stopping)
+        # The monitor needs no Redis: the client below never connects.
+        context = StageContext(Config(gpu=GpuConfig(poll_seconds=1.0)), pool, aioredis.Redis(),
+                               Keyspace(""), health=health, stopping=stopping)
+        monitor = GpuMonitor(context, lambda: 12.5)
         task = asyncio.create_task(monitor.run())
         await asyncio.sleep(seconds)
         stopping.set()

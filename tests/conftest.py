@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from hsid.analysis.llm import RiskScorer
 from hsid.analysis.prompts import seed_default_prompt
 from hsid.core.config import Config, load_config
+from hsid.core.context import StageContext
 from hsid.core.db import apply_schema, create_pool
 from hsid.core.keyspace import Keyspace
 from hsid.core.queues import ReliableQueue
@@ -256,7 +257,8 @@ async def running_analyzer(config: Config, db: asyncpg.Pool, redis: aioredis.Red
     queue = ReliableQueue(redis, "analysis_queue", worker, config.queues, keyspace=keyspace)
     stopping = asyncio.Event()
     task = asyncio.create_task(
-        AnalyzeWorker(config, db, redis, queue, scorer, stopping, keyspace=keyspace).run())
+        AnalyzeWorker(StageContext(config, db, redis, keyspace, stopping=stopping), queue,
+                      scorer).run())
     try:
         yield queue
     finally:

@@ -28,6 +28,7 @@ import structlog
 from hsid.core.config import ALERT_CHANNELS, AlertsConfig
 from hsid.core.errors import STORE_ERRORS, NotFound, PermanentError, TransientError
 from hsid.imaging.annotate import sample_picture
+from hsid.imaging.evidence import picture_links
 
 if TYPE_CHECKING:
     from hsid.homeassistant.link import MqttLink
@@ -63,18 +64,6 @@ def alert_data(row: Mapping[str, Any]) -> dict[str, Any]:
 def alert_body(data: dict[str, Any]) -> bytes:
     """The JSON sent to the webhook and MQTT: the exact bytes that are signed."""
     return json.dumps({"type": "alert", "data": data}, separators=(",", ":")).encode()
-
-
-def picture_links(public_url: str, event_id: int | None,
-                  thumbnail_of: int | None) -> dict[str, str | None]:
-    """snapshot_url (the event's annotated snapshot) and thumbnail_url (its telling
-    detection's crop): absolute under `public_url`, paths when it is empty."""
-    base = public_url.rstrip("/")
-    return {
-        "snapshot_url": None if event_id is None else f"{base}/api/events/{event_id}/snapshot",
-        "thumbnail_url": None if thumbnail_of is None
-        else f"{base}/api/detections/{thumbnail_of}/thumbnail",
-    }
 
 
 class AlertChannels:

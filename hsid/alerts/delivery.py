@@ -28,15 +28,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 import structlog
 
 from hsid.alerts.channels import AlertChannels, alert_data
 from hsid.core import metrics
-from hsid.core.config import ALERT_CHANNELS, AlertsConfig
+from hsid.core.config import ALERT_CHANNELS, alert_settings
+from hsid.core.context import StageContext
 from hsid.core.duty import Lock, run_duty
 from hsid.core.errors import STORE_ERRORS, PermanentError, TransientError
-from hsid.core.keyspace import Keyspace
 
 log = structlog.get_logger(__name__)
 
@@ -86,7 +85,8 @@ class _Alert:
         meta = row["metadata"] if isinstance(row["metadata"], dict) else {}
         channels = row["channels"]
         channels = [channels] if isinstance(channels, str) else channels or []
-        delivery = meta.get("delivery") if isinstance(meta.get("delivery"), dict) else {}
+        found = meta.get("delivery")
+        delivery = found if isinstance(found, dict) else {}
         return cls(row["id"], tuple(dict.fromkeys(map(str, channels))), delivery,
                    alert_data(row))
 
@@ -116,17 +116,16 @@ class AlertDelivery:
     """Stage: every poll_seconds, delivers the due channels of pending alerts, while this
     process holds lock:notify; `run` returns once `stopping` is set."""
 
-    def __init__(self, config: AlertsConfig, pool: asyncpg.Pool, redis: aioredis.Redis,
-                 stopping: asyncio.Event, *, keyspace: Keyspace,
+    def __init__(self, context: StageContext, *,
                  channels: Callable[[], AlertChannels] | None = None) -> None:
         """`channels` makes the channels with what they need beyond [alerts] (pictures,
         links, the site's zone, a shared MQTT connection); default: [alerts] alone."""
-        self._config = config
+        config = self._config = alert_settings(context.config)
         self._make_channels = channels or (lambda: AlertChannels(config))
-        self._pool = pool
-        self._redis = redis
-        self._keyspace = keyspace
-        self._stopping = stopping
+        self._pool = context.pool
+        self._redis = context.redis
+        self._keyspace = context.keyspace
+        self._stopping = context.stopping
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
         self._channels: AlertChannels | None = None
 

@@ -24,17 +24,15 @@ backlog uploaded after that) are not counted into it afterwards.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 
 import asyncpg
-import redis.asyncio as aioredis
 import structlog
 
 from hsid.core.config import BaselinesConfig, SiteConfig, site_zone
+from hsid.core.context import StageContext
 from hsid.core.duty import Lock, run_duty
-from hsid.core.keyspace import Keyspace
 
 log = structlog.get_logger(__name__)
 
@@ -203,15 +201,13 @@ class BaselineService:
     """Stage: keeps the baselines up to date, hour by hour, while this process holds
     lock:baselines; `run` returns once `stopping` is set."""
 
-    def __init__(self, config: BaselinesConfig, pool: asyncpg.Pool, redis: aioredis.Redis,
-                 stopping: asyncio.Event, *, keyspace: Keyspace,
-                 zone: tzinfo | None = None) -> None:
-        self._config = config
+    def __init__(self, context: StageContext, *, zone: tzinfo | None = None) -> None:
+        self._config = context.config.baselines
         self._zone = zone  # the site's; None: the system's
-        self._pool = pool
-        self._redis = redis
-        self._keyspace = keyspace
-        self._stopping = stopping
+        self._pool = context.pool
+        self._redis = context.redis
+        self._keyspace = context.keyspace
+        self._stopping = context.stopping
 
     async def run(self) -> None:
         await run_duty(BASELINES_DUTY, self._update, CHECK_SECONDS, self._stopping,

@@ -8,7 +8,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -426,6 +426,8 @@ class LlmAnalyzer:
         if passed.is_set():
             timeout = self._config.timeout_seconds
             raise AnalysisTimeout(f"generation ran past the {timeout:g} s deadline")
+        if isinstance(reply, Iterator):  # a stream, which only stream=True gives
+            raise AnalysisFailed("generation streamed its reply")
         choice, usage = reply["choices"][0], reply["usage"]
         log.debug("llm_generation_done", duration_ms=round((time.monotonic() - started) * 1000),
                   prompt_tokens=usage["prompt_tokens"], tokens=usage["completion_tokens"],

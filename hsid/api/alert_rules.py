@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias, get_args
 from uuid import UUID
 
 import asyncpg
@@ -13,10 +13,10 @@ from hsid.alerts.rules import WEEKDAYS, schedule_problem
 from hsid.api.fields import Arr, Body, Int, Num, Obj, Shape, Text, Uuid, columns, params, partial
 from hsid.api.queries import Listing, Page, Paged, fetch_one, fetch_page, update_one
 from hsid.api.routing import ApiRoutes, Audit, Call
-from hsid.core.config import ALERT_CHANNELS
+from hsid.core.config import AlertChannel
 
-SEVERITIES = ("low", "medium", "high", "critical")
-Severity = Literal[SEVERITIES]
+Severity = Literal["low", "medium", "high", "critical"]
+SEVERITIES = get_args(Severity)
 
 
 def _schedule(value: dict[str, Any]) -> dict[str, Any]:
@@ -34,26 +34,27 @@ Schedule = Annotated[Obj, AfterValidator(_schedule), WithJsonSchema({
         "timezone": {"type": "string",
                      "description": "IANA name; default: the site's ([site] timezone)"},
     }})]
-Names = Arr(Text(100, min_length=1))
+Names: TypeAlias = Annotated[list[Annotated[str, Text(100, min_length=1)]], Arr()]
 
 
 class RuleBody(Body):  # in INSERT_RULE's column order
-    name: Text(min_length=1)
-    description: Text(10_000) | None = None
+    name: Annotated[str, Text(min_length=1)]
+    description: Annotated[str, Text(10_000)] | None = None
     enabled: bool = True
     severity: Severity = "medium"
-    risk_threshold: Int(0, 100) | None = Field(None, description="minimum risk score")
+    risk_threshold: Annotated[int, Int(0, 100)] | None = Field(
+        None, description="minimum risk score")
     object_types: Names | None = None
     camera_ids: Names | None = None
     zone_ids: Names | None = None
-    min_confidence: Num(0.0, 1.0) | None = None
+    min_confidence: Annotated[float, Num(0.0, 1.0)] | None = None
     schedule: Schedule | None = Field(None, description=(
         "when the rule applies, at the event's start: days, start-end (HH:MM, may span "
         "midnight), timezone"))
     conditions: Obj | None = Field(None, description="legacy conditions")
-    dedup_key_template: Text(min_length=1) = "{camera_id}:{rule_id}"
-    cooldown_seconds: Int(0, 31_536_000) = 300
-    channels: Arr(Literal[ALERT_CHANNELS]) | None = Field(
+    dedup_key_template: Annotated[str, Text(min_length=1)] = "{camera_id}:{rule_id}"
+    cooldown_seconds: Annotated[int, Int(0, 31_536_000)] = 300
+    channels: Annotated[list[AlertChannel], Arr()] | None = Field(
         None, description="where alerts go; empty: alerts.default_channels")
     # hsid's extension (schema.sql): "trusted entities may skip alerts", per rule.
     skip_trusted_entities: bool = Field(True, description=(

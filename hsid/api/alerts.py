@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from uuid import UUID
 
 import asyncpg
@@ -14,8 +14,8 @@ from hsid.api.queries import Listing, Page, Paged, fetch_one, fetch_page
 from hsid.api.routing import ApiRoutes, Audit, Call
 from hsid.core.errors import Conflict, NotFound
 
-STATUSES = ("pending", "delivered", "acknowledged", "dismissed")
-Status = Literal[STATUSES]
+Status = Literal["pending", "delivered", "acknowledged", "dismissed"]
+STATUSES = get_args(Status)
 
 
 class Alert(Shape):
@@ -34,7 +34,7 @@ class Alert(Shape):
 
 AlertPath = params(alert_id=(Uuid, Field(description="alert id")))
 AlertQuery = params(Paged, status=(Status, None), severity=(Severity, None),
-                           event_id=(Int(ge=1), None), rule_id=(Uuid, None))
+                           event_id=(Annotated[int, Int(ge=1)], None), rule_id=(Uuid, None))
 
 
 ALERT_COLUMNS = columns(Alert)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import asyncpg
 import structlog
@@ -42,8 +42,9 @@ class AuditEntry(Shape):
     status: Outcome
 
 
-AuditQuery = params(TimeRange, action=(Text(50), None), resource_type=(Text(50), None),
-                               resource_id=(Str, None), actor=(Text(100), None),
+AuditQuery = params(TimeRange, action=(Annotated[str, Text(50)], None),
+                               resource_type=(Annotated[str, Text(50)], None),
+                               resource_id=(Str, None), actor=(Annotated[str, Text(100)], None),
                                status=(Outcome, None))
 
 

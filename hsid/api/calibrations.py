@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 
@@ -23,15 +23,15 @@ class Calibration(Shape):
 
 
 class CalibrationBody(Body):
-    calibration_type: Text(50, min_length=1)
+    calibration_type: Annotated[str, Text(50, min_length=1)]
     calibration_data: Obj
 
 
 CalibrationPatch = partial(CalibrationBody)
-CalibrationPath = params(CameraPath,
-                         calibration_id=(Int(ge=1), Field(description="calibration id")))
+CalibrationPath = params(CameraPath, calibration_id=(Annotated[int, Int(ge=1)],
+                                                    Field(description="calibration id")))
 
-CalibrationQuery = params(Paged, calibration_type=(Text(50), None))
+CalibrationQuery = params(Paged, calibration_type=(Annotated[str, Text(50)], None))
 
 
 CALIBRATION_COLUMNS = columns(Calibration)

@@ -5,20 +5,21 @@ from __future__ import annotations
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, get_args
 
 import asyncpg
 from aiohttp import web
 
-from hsid.api import files
-from hsid.api.fields import Body, Field, Shape, Text, columns, params, partial
+from hsid.api.fields import Absent, Body, Field, Shape, Text, columns, params, partial
+from hsid.api.files import image_response
 from hsid.api.queries import Listing, Page, Paged, fetch_one, fetch_page, update_one
 from hsid.api.routing import ApiRoutes, Audit, Call
 from hsid.cameras.registry import normalize_camera_id
 from hsid.core.errors import Conflict, InvalidInput, NotFound
+from hsid.imaging import files
 
-STATUSES = ("online", "offline", "error")
-Status = Literal[STATUSES]
+Status = Literal["online", "offline", "error"]
+STATUSES = get_args(Status)
 
 
 class Camera(Shape):
@@ -31,18 +32,18 @@ class Camera(Shape):
 
 
 class CameraBody(Body):
-    id: Text(64, pattern="[a-z0-9_-]{1,64}") = Field(
-        None, description="lower-case letters, digits, _ and - (default: the ASCII slug of "
+    id: Annotated[str, Text(64, pattern="[a-z0-9_-]{1,64}")] = Absent(
+        "lower-case letters, digits, _ and - (default: the ASCII slug of "
                           "the folder name, or of the name; see README, Cameras)")
-    name: Text(min_length=1)
-    folder_path: Text(1024, min_length=1) = Field(
-        None, description="folder directly inside the camera root (name or path); "
+    name: Annotated[str, Text(min_length=1)]
+    folder_path: Annotated[str, Text(1024, min_length=1)] = Absent(
+        "folder directly inside the camera root (name or path); "
                           "default: the camera root's folder named like the id")
     status: Status = "online"
 
 
 CameraPatch = partial(CameraBody, "name", "status")
-CameraPath = params(camera_id=(Text(64), Field(description="camera id")))
+CameraPath = params(camera_id=(Annotated[str, Text(64)], Field(description="camera id")))
 
 CameraQuery = params(Paged, status=(Status, None))
 
@@ -145,4 +146,4 @@ async def get_snapshot(call: Call) -> web.StreamResponse:
         path = await files.safe_image(latest, files.roots(paths))
     except NotFound:
         path = await files.newest_image(camera["folder_path"], (paths.camera_root,))
-    return files.image_response(path)
+    return image_response(path)

@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated, TypeAlias
 
 import asyncpg
 from aiohttp import web
 
-from hsid.api import files
-from hsid.api.fields import Field, Int, Num, Shape, Text, columns, params
+from hsid.api.fields import Absent, Field, Int, Num, Shape, Text, columns, params
+from hsid.api.files import image_response
 from hsid.api.queries import Listing, Page, TimeRange, fetch_one, fetch_page
 from hsid.api.routing import ApiRoutes, Call
+from hsid.imaging import files
 from hsid.imaging.evidence import Evidence
 
 
@@ -50,15 +52,16 @@ LIST_DETECTIONS = Listing(
 )
 
 
-DetectionPath = params(detection_id=(Int(ge=1), Field(description="detection id")))
+DetectionPath = params(detection_id=(Annotated[int, Int(ge=1)], Field(description="detection id")))
 
 
 # ?width= of the pictures hsid renders: up to 8K; never wider than the original.
-PictureWidth = Int(16, 7680)
-WIDTH = Field(None, description="scale to this many pixels wide (never wider than the original)")
+PictureWidth: TypeAlias = Annotated[int, Int(16, 7680)]
+WIDTH = Absent("scale to this many pixels wide (never wider than the original)")
 
-DetectionQuery = params(TimeRange, camera_id=(Text(64), None), object_type=(Text(64), None),
-                                   min_confidence=(Num(0.0, 1.0), None))
+DetectionQuery = params(TimeRange, camera_id=(Annotated[str, Text(64)], None),
+                                   object_type=(Annotated[str, Text(64)], None),
+                                   min_confidence=(Annotated[float, Num(0.0, 1.0)], None))
 
 
 class ImageQuery(Shape):
@@ -88,7 +91,7 @@ async def _stored_file(call: Call, sql: str) -> web.StreamResponse:
     camera root; the client never names a path, it only picks the detection."""
     stored = await fetch_one(call.pool, sql, call.path["detection_id"], what="detection")
     path = await files.safe_image(stored[0], files.roots(call.runtime.config.paths))
-    return files.image_response(path)
+    return image_response(path)
 
 
 @api.get("/api/detections/{detection_id}/thumbnail", "The detection's thumbnail crop",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from hsid.api.fields import Body, Field, Int, Shape, params, shape
+from hsid.api.fields import Absent, Body, Field, Int, Shape, params, shape
 from hsid.api.queries import Page, Paged
 from hsid.api.routing import ApiRoutes, Audit, Call
 from hsid.core import queues
@@ -29,8 +29,8 @@ class DlqEntry(Shape):
 
 
 class RequeueBody(Body):
-    index: Int(ge=0) = Field(None, description="position of the one entry to requeue")
-    all: bool = Field(None, description="requeue every entry (also what an empty body does)")
+    index: Annotated[int, Int(ge=0)] = Absent("position of the one entry to requeue")
+    all: bool = Absent("requeue every entry (also what an empty body does)")
 
 
 Requeued = shape("Requeued", requeued=int)

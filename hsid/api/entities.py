@@ -8,7 +8,7 @@ entity type's lock (entities/edits.py), so they never interleave with matching.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from uuid import UUID
 
 import asyncpg
@@ -19,10 +19,10 @@ from hsid.api.routing import ApiRoutes, Audit, Call
 from hsid.entities import edits as entity_edits
 from hsid.entities.edits import ENTITY_COLUMNS
 
-ENTITY_TYPES = ("person", "vehicle", "animal", "package", "other")
-TRUST_STATUSES = ("trusted", "untrusted", "unknown")
-EntityType = Literal[ENTITY_TYPES]
-TrustStatus = Literal[TRUST_STATUSES]
+EntityType = Literal["person", "vehicle", "animal", "package", "other"]
+ENTITY_TYPES = get_args(EntityType)
+TrustStatus = Literal["trusted", "untrusted", "unknown"]
+TRUST_STATUSES = get_args(TrustStatus)
 DETAIL_DETECTIONS = 20  # the newest ones the detail shows; the rest are paged
 
 
@@ -74,7 +74,7 @@ class MergeBody(Body):
 
 
 class SplitBody(Body):
-    detection_id: Int(ge=1) = Field(description="one of this entity's detections")
+    detection_id: Annotated[int, Int(ge=1)] = Field(description="one of this entity's detections")
 
 
 SELECT_ENTITY = "SELECT " + ENTITY_COLUMNS + " FROM entities WHERE id = $1"

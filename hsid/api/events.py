@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import asyncpg
 from aiohttp import web
@@ -20,6 +20,7 @@ from hsid.api.detections import (
 )
 from hsid.api.fields import (
     INT32_MAX,
+    Absent,
     Arr,
     Body,
     Field,
@@ -64,27 +65,27 @@ class EventWithDetections(Event):
 
 
 class EventReview(Patch):
-    reviewed: bool = None
-    notes: Text(10_000) | None = None
+    reviewed: bool = Absent()
+    notes: Annotated[str, Text(10_000)] | None = None
     # Risk analysis is immutable (the reference): a body naming these is refused, not ignored.
     immutable = frozenset(Event.model_fields) - {"reviewed", "notes"}
 
 
-EventPath = params(event_id=(Int(ge=1), Field(description="event id")))
+EventPath = params(event_id=(Annotated[int, Int(ge=1)], Field(description="event id")))
 EventQuery = params(
-    TimeRange, camera_id=(Text(64), None), risk_level=(Literal[RISK_LEVELS], None),
-    min_risk=(Int(0, 100), None), max_risk=(Int(0, 100), None), reviewed=(bool, None),
-    is_fast_path=(bool, None),
-    q=(Text(200, min_length=1), Field(None, description="text in the summary")))
+    TimeRange, camera_id=(Annotated[str, Text(64)], None), risk_level=(Literal[RISK_LEVELS], None),
+    min_risk=(Annotated[int, Int(0, 100)], None), max_risk=(Annotated[int, Int(0, 100)], None),
+    reviewed=(bool, None), is_fast_path=(bool, None),
+    q=(Annotated[str, Text(200, min_length=1)], Field(None, description="text in the summary")))
 
 SnapshotQuery = params(width=(PictureWidth, WIDTH))
 
 
 class ReviewBody(Body):
-    ids: Arr(Int(ge=1), 1, 1000)
+    ids: Annotated[list[Annotated[int, Int(ge=1)]], Arr(1, 1000)]
     reviewed: bool = True
-    notes: Text(10_000) = Field(
-        None, description="replaces the notes of every event named; absent: kept")
+    notes: Annotated[str, Text(10_000)] = Absent(
+        "replaces the notes of every event named; absent: kept")
 
 
 Reviewed = shape("Reviewed", updated=list[int], not_found=list[int])

@@ -1,17 +1,21 @@
 """The API's shapes as pydantic models: one declaration per resource shape validates input,
 names the SQL columns and documents it in OpenAPI.
 
-Field types below are Annotated aliases that carry the API's rules: every string has a
-ceiling and refuses what PostgreSQL cannot store (NUL, lone surrogates), integers are int32
-unless widened, numbers are finite, date-times become aware UTC.
+Field types are Annotated types that carry the API's rules: every string has a ceiling and
+refuses what PostgreSQL cannot store (NUL, lone surrogates), integers are int32 unless
+widened, numbers are finite, date-times become aware UTC. Text, Int, Num and Arr give the
+rules of a str, int, float or list, to put beside it: Annotated[str, Text(64)].
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypeAlias
 
+from annotated_types import GroupedMetadata
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from pydantic.fields import FieldInfo
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
@@ -71,27 +75,44 @@ def _uuid(value: Any) -> Any:
         raise ValueError("must be a UUID") from err
 
 
+@dataclass(frozen=True)
+class Rules(GroupedMetadata):
+    """Constraints and validators as one item of Annotated[...]; pydantic unpacks it."""
+
+    items: tuple[object, ...]
+
+    def __iter__(self) -> Iterator[object]:
+        return iter(self.items)
+
+
 def Text(max_length: int = DEFAULT_MAX_LENGTH, min_length: int | None = None,
-         pattern: str | None = None) -> Any:
-    """A string type; `pattern` is matched in full (documented as ^(?:pattern)$)."""
-    return Annotated[str, Field(min_length=min_length, max_length=max_length,
-                                pattern=None if pattern is None else f"^(?:{pattern})$"),
-                     AfterValidator(check_text)]
+         pattern: str | None = None) -> Rules:
+    """A string's rules; `pattern` is matched in full (documented as ^(?:pattern)$)."""
+    return Rules((*Field(min_length=min_length, max_length=max_length,
+                         pattern=None if pattern is None else f"^(?:{pattern})$").metadata,
+                  AfterValidator(check_text)))
 
 
-def Int(ge: int = -INT32_MAX - 1, le: int = INT32_MAX) -> Any:
-    return Annotated[int, Field(ge=ge, le=le)]
+def Int(ge: int = -INT32_MAX - 1, le: int = INT32_MAX) -> Rules:
+    return Rules(tuple(Field(ge=ge, le=le).metadata))
 
 
-def Num(ge: float | None = None, le: float | None = None) -> Any:
-    return Annotated[float, Field(ge=ge, le=le, allow_inf_nan=False)]
+def Num(ge: float | None = None, le: float | None = None) -> Rules:
+    return Rules(tuple(Field(ge=ge, le=le, allow_inf_nan=False).metadata))
 
 
-def Arr(items: Any, min_length: int | None = None, max_length: int = 100) -> Any:
-    return Annotated[list[items], Field(min_length=min_length, max_length=max_length)]
+def Arr(min_length: int | None = None, max_length: int = 100) -> Rules:
+    return Rules(tuple(Field(min_length=min_length, max_length=max_length).metadata))
 
 
-Str = Text()
+Str: TypeAlias = Annotated[str, Text()]
+
+
+def Absent(description: str | None = None) -> Any:
+    """The default of a field a client may leave out but not send as null: parse_body then
+    leaves the key out, parse_params gives None. The field's type stays the one a client may
+    send (null is refused, the schema is not nullable); so this default is typed Any."""
+    return Field(None, description=description)
 DateTime = Annotated[datetime, BeforeValidator(_utc)]
 Uuid = Annotated[uuid.UUID, BeforeValidator(_uuid)]
 Obj = Annotated[dict[str, Any], AfterValidator(check_json_text)]  # free-form JSON object

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import asyncpg
 
@@ -13,10 +13,10 @@ from hsid.api.middleware import REQUEST_ID_KEY, RateLimited
 from hsid.api.queries import Listing, Page, TimeRange, fetch_page
 from hsid.api.routing import ApiRoutes, Call
 
-LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-SOURCES = ("backend", "frontend")
-Level = Literal[LEVELS]
-Source = Literal[SOURCES]
+Level = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LEVELS = get_args(Level)
+Source = Literal["backend", "frontend"]
+SOURCES = get_args(Source)
 REQUEST_ID_MAX_LENGTH = 36  # logs.request_id is varchar(36)
 
 
@@ -38,15 +38,15 @@ class Log(Shape):
 
 class LogBody(Body):
     level: Level
-    message: Text(10_000, min_length=1)
-    component: Text(50, min_length=1)
-    camera_id: Text(100) | None = None
+    message: Annotated[str, Text(10_000, min_length=1)]
+    component: Annotated[str, Text(50, min_length=1)]
+    camera_id: Annotated[str, Text(100)] | None = None
     extra: Obj | None = Field(None, description="structured context")
 
 
-LogQuery = params(TimeRange, level=(Level, None), component=(Text(50), None),
-                             camera_id=(Text(100), None), source=(Source, None),
-                             request_id=(Text(REQUEST_ID_MAX_LENGTH), None))
+LogQuery = params(TimeRange, level=(Level, None), component=(Annotated[str, Text(50)], None),
+                             camera_id=(Annotated[str, Text(100)], None), source=(Source, None),
+                             request_id=(Annotated[str, Text(REQUEST_ID_MAX_LENGTH)], None))
 
 
 LOG_COLUMNS = columns(Log, sql={"timestamp": '"timestamp"'})

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import TypeAdapter
+from pydantic.json_schema import JsonSchemaMode
 
 from hsid.api.fields import OpenApiSchema
 from hsid.api.routing import ApiRoute, ApiRoutes, Call, json_response
@@ -133,8 +134,8 @@ def _schemas(routes: list[ApiRoute]) -> tuple[Schemas, dict[str, Any]]:
     shapes += [((route.operation_id, "response"), route.response) for route in routes]
     shapes += [((route.operation_id, str(code)), shape) for route in routes
                for code, shape in route.responses.items()]
-    inputs = [(key, "validation", TypeAdapter(shape)) for key, shape in shapes
-              if shape is not None]
+    inputs: list[tuple[tuple[str, str], JsonSchemaMode, TypeAdapter[Any]]] = [
+        (key, "validation", TypeAdapter(shape)) for key, shape in shapes if shape is not None]
     found, defs = TypeAdapter.json_schemas(inputs, ref_template=REF_TEMPLATE,
                                            schema_generator=OpenApiSchema)
     return {key: schema for (key, _), schema in found.items()}, defs.get("$defs", {})

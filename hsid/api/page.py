@@ -8,6 +8,7 @@ data: with API keys on, the page asks for a key and sends it with every call it 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from aiohttp import web
 
@@ -26,7 +27,7 @@ STATIC_TYPES = {
 
 
 class StaticPath(Shape):
-    name: Text(70, pattern=r"[a-z0-9_-]{1,64}\.(js|css|svg)") = Field(
+    name: Annotated[str, Text(70, pattern=r"[a-z0-9_-]{1,64}\.(js|css|svg)")] = Field(
         description="a file of the page, e.g. app.js")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 import asyncpg
 
@@ -26,7 +26,10 @@ def _allowed_models(sql: str) -> tuple[str, ...]:
 
 
 MODELS = _allowed_models(schema_sql())
-Model = Literal[MODELS]
+if TYPE_CHECKING:  # the values come from schema.sql: to a type checker, any str
+    Model: TypeAlias = str
+else:
+    Model = Literal[MODELS]
 
 
 class Prompt(Shape):
@@ -40,15 +43,15 @@ class Prompt(Shape):
 
 
 class PromptConfig(Body):  # what a version saves (config_json)
-    system_prompt: Text(100_000, min_length=1)
-    temperature: Num(0.0, 2.0) = 0.7
-    max_tokens: Int(100, 8192) = 2048
+    system_prompt: Annotated[str, Text(100_000, min_length=1)]
+    temperature: Annotated[float, Num(0.0, 2.0)] = 0.7
+    max_tokens: Annotated[int, Int(100, 8192)] = 2048
 
 
 class PromptBody(PromptConfig):
-    version: Int(ge=0) = Field(
+    version: Annotated[int, Int(ge=0)] = Field(
         description="the version the client edited (0 when the model has none)")
-    change_description: Text(10_000) | None = None
+    change_description: Annotated[str, Text(10_000)] | None = None
 
 
 class Version(Shape):
@@ -64,7 +67,8 @@ class Version(Shape):
 
 
 ModelPath = params(model=(Model, Field(description="AI model")))
-RollbackPath = params(ModelPath, version=(Int(ge=1), Field(description="version to restore")))
+RollbackPath = params(ModelPath, version=(Annotated[int, Int(ge=1)],
+                                          Field(description="version to restore")))
 
 
 PROMPT_COLUMNS = columns(Prompt)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import asyncpg
 from pydantic import Field
 
-from hsid.api.fields import DateTime, Int, Shape
+from hsid.api.fields import Absent, DateTime, Int, Shape
 from hsid.core.errors import NotFound
 
 PAGE_LIMIT_DEFAULT = 50
@@ -41,13 +41,14 @@ Item = TypeVar("Item")
 class Paged(Shape):
     """A list route's query parameters: its filters (in a subclass) plus limit and offset."""
 
-    limit: Int(1, PAGE_LIMIT_MAX) = Field(PAGE_LIMIT_DEFAULT, description="page size")
-    offset: Int(0, PAGE_OFFSET_MAX) = Field(0, description="rows to skip")
+    limit: Annotated[int, Int(1, PAGE_LIMIT_MAX)] = Field(PAGE_LIMIT_DEFAULT,
+                                                          description="page size")
+    offset: Annotated[int, Int(0, PAGE_OFFSET_MAX)] = Field(0, description="rows to skip")
 
 
 class TimeRange(Paged):
-    start: DateTime = Field(None, description="at or after this time (ISO-8601, UTC if no offset)")
-    end: DateTime = Field(None, description="before this time (ISO-8601, UTC if no offset)")
+    start: DateTime = Absent("at or after this time (ISO-8601, UTC if no offset)")
+    end: DateTime = Absent("before this time (ISO-8601, UTC if no offset)")
 
 
 class Page(Shape, Generic[Item]):  # the list envelope

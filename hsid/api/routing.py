@@ -141,17 +141,6 @@ class ApiRoutes:
         return self.route("DELETE", path, summary, **spec)
 
 
-def plain(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> ApiHandler:
-    """Adapt a plain aiohttp handler (one that another package serves) to a declared route,
-    so that auth, audit and the OpenAPI document cover it like every other route."""
-
-    async def adapted(call: Call) -> web.StreamResponse:
-        return await handler(call.request)
-
-    adapted.__name__, adapted.__doc__ = handler.__name__, handler.__doc__
-    return adapted
-
-
 # The registered aiohttp route -> its declaration, for the audit and auth middlewares.
 ROUTE_SPECS = web.AppKey("route_specs", dict)
 

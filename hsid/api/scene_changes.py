@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import asyncpg
 
@@ -12,8 +12,8 @@ from hsid.api.fields import Field, Int, Shape, Text, columns, params
 from hsid.api.queries import Listing, Page, TimeRange, fetch_one, fetch_page
 from hsid.api.routing import ApiRoutes, Audit, Call
 
-CHANGE_TYPES = ("lighting", "obstruction", "movement")
-ChangeType = Literal[CHANGE_TYPES]
+ChangeType = Literal["lighting", "obstruction", "movement"]
+CHANGE_TYPES = get_args(ChangeType)
 
 
 class SceneChange(Shape):
@@ -26,9 +26,10 @@ class SceneChange(Shape):
     details: Any
 
 
-SceneChangePath = params(scene_change_id=(Int(ge=1), Field(description="scene change id")))
+SceneChangePath = params(scene_change_id=(Annotated[int, Int(ge=1)],
+                                          Field(description="scene change id")))
 SceneChangeQuery = params(
-    TimeRange, camera_id=(Text(64), None), change_type=(ChangeType, None),
+    TimeRange, camera_id=(Annotated[str, Text(64)], None), change_type=(ChangeType, None),
     severity=(Severity, None), unresolved=(bool, Field(
         None, description="true: only open ones; false: only resolved ones")))
 

@@ -4,30 +4,39 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import ConfigDict, Field
 
 from hsid.analysis.calibration import calibration_report
-from hsid.api.fields import Int, Shape, params, shape
+from hsid.api.fields import Int, Shape, params
 from hsid.api.queries import row_counts
 from hsid.api.routing import ApiRoutes, Call, iso, json_response
 from hsid.core.config import redacted
 from hsid.core.health import health_report
 from hsid.upkeep.status import queue_figures
 
-COUNTED_TABLES = ("cameras", "events", "detections", "alerts", "alert_rules", "zones",
-                  "entities")
+
+class TableCounts(Shape):  # the tables counted, then unreviewed_events
+    cameras: int
+    events: int
+    detections: int
+    alerts: int
+    alert_rules: int
+    zones: int
+    entities: int
+    unreviewed_events: int
+
+
+COUNTED_TABLES = tuple(TableCounts.model_fields)[:-1]
 # Exact: what the dashboard's "to review" badge shows (idx_events_reviewed serves it).
 COUNT_UNREVIEWED = "SELECT count(*) FROM events WHERE NOT reviewed"
-COUNTED = (*COUNTED_TABLES, "unreviewed_events")
-
-Counts = shape("TableCounts", **dict.fromkeys(COUNTED, int))
 
 
 class Stats(Shape):
-    counts: Counts = Field(description="rows per table (past 10,000 rows, the planner's estimate)")
+    counts: TableCounts = Field(
+        description="rows per table (past 10,000 rows, the planner's estimate)")
     queues: dict[str, int]
     dlq: dict[str, int]
     detector: Any = Field(description="execution provider and model, as the detector reports")
@@ -55,7 +64,7 @@ class RiskCalibration(Shape):
     suggestions: list[str]
 
 
-CalibrationQuery = params(days=(Int(1, 3650), Field(30, description="the window")))
+CalibrationQuery = params(days=(Annotated[int, Int(1, 3650)], Field(30, description="the window")))
 
 
 api = ApiRoutes("system")

@@ -5,22 +5,34 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias, get_args
 
 import asyncpg
 
 from hsid.api.cameras import CameraPath, require_camera
-from hsid.api.fields import Arr, Body, Field, Int, Num, Shape, Text, columns, params, partial
+from hsid.api.fields import (
+    Absent,
+    Arr,
+    Body,
+    Field,
+    Int,
+    Num,
+    Shape,
+    Text,
+    columns,
+    params,
+    partial,
+)
 from hsid.api.queries import Listing, Page, Paged, fetch_one, fetch_page, update_one
 from hsid.api.routing import ApiRoutes, Audit, Call
 from hsid.core.errors import InvalidInput
 
-ZONE_TYPES = ("entry_point", "driveway", "sidewalk", "yard", "other")
-SHAPES = ("rectangle", "polygon")
+ZoneType = Literal["entry_point", "driveway", "sidewalk", "yard", "other"]
+ZONE_TYPES = get_args(ZoneType)
+ZoneShape = Literal["rectangle", "polygon"]
+SHAPES = get_args(ZoneShape)
 RECTANGLE_POINTS = (2, 4)  # two opposite corners, or all four
 POLYGON_MIN_POINTS = 3
-ZoneType = Literal[ZONE_TYPES]
-ZoneShape = Literal[SHAPES]
 
 
 class Zone(Shape):
@@ -37,26 +49,26 @@ class Zone(Shape):
     updated_at: datetime
 
 
-Point = Annotated[Arr(Num(0.0, 1.0), 2, 2),
-                  Field(description="[x, y], normalised to 0..1 of the image size")]
+Point: TypeAlias = Annotated[list[Annotated[float, Num(0.0, 1.0)]], Arr(2, 2),
+                             Field(description="[x, y], normalised to 0..1 of the image size")]
 
 
 class ZoneBody(Body):
-    id: Text(64, pattern="[A-Za-z0-9_-]{1,64}") = Field(
-        None, description="default: a generated id")
-    name: Text(min_length=1)
+    id: Annotated[str, Text(64, pattern="[A-Za-z0-9_-]{1,64}")] = Absent(
+        "default: a generated id")
+    name: Annotated[str, Text(min_length=1)]
     zone_type: ZoneType = "other"
-    coordinates: Arr(Point, 2, 64) = Field(
+    coordinates: Annotated[list[Point], Arr(2, 64)] = Field(
         description="rectangle: 2 or 4 points; polygon: 3 or more")
     shape: ZoneShape = "rectangle"
-    color: Text(7, pattern="#[0-9A-Fa-f]{6}") = "#3B82F6"
+    color: Annotated[str, Text(7, pattern="#[0-9A-Fa-f]{6}")] = "#3B82F6"
     enabled: bool = True
-    priority: Int(0, 1000) = 0
+    priority: Annotated[int, Int(0, 1000)] = 0
 
 
 ZonePatch = partial(ZoneBody, *(set(ZoneBody.model_fields) - {"id"}),
                     immutable=frozenset({"id", "camera_id"}))
-ZonePath = params(CameraPath, zone_id=(Text(64), Field(description="zone id")))
+ZonePath = params(CameraPath, zone_id=(Annotated[str, Text(64)], Field(description="zone id")))
 
 ZoneQuery = params(Paged, enabled=(bool, None))
 

@@ -48,6 +48,7 @@ async def dlq_command(
                 count = await dlq_requeue(redis, keyspace, name, index)
                 print(f"requeued {count} item(s) from dlq:{name} to {name}", file=out)
         else:
+            assert queue is not None  # clear needs one: checked above
             cleared = await dlq_clear(redis, keyspace, queue)
             print(f"cleared {cleared} item(s) from dlq:{queue}", file=out)
     finally:

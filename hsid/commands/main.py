@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -31,7 +32,7 @@ def _global_options(sub_level: bool) -> argparse.ArgumentParser:
     it (`hsid run --config X`). The copy after it defaults to SUPPRESS, so leaving it out
     there keeps what was given before the command (given in both places, the later wins)."""
     options = argparse.ArgumentParser(add_help=False)
-    default = {"default": argparse.SUPPRESS} if sub_level else {}
+    default: dict[str, Any] = {"default": argparse.SUPPRESS} if sub_level else {}
     options.add_argument("--config", type=Path, **default,
                          help="config file (default /etc/hsid/config.toml)")
     return options

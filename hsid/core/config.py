@@ -21,11 +21,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.functional_validators import field_validator, model_validator
+from pydantic.json_schema import JsonDict
 
 from hsid.core.errors import ConfigError
 
@@ -149,7 +150,9 @@ _MASKS: dict[str, Callable[[str], str]] = {
     "scheme": lambda url: (url.split("://", 1)[0] + "://***" if "://" in url else "***") if url
     else url,
 }
-PASSWORD, WHOLE, SCHEME = ({"secret": mask} for mask in _MASKS)
+PASSWORD: JsonDict = {"secret": "password"}
+WHOLE: JsonDict = {"secret": "whole"}
+SCHEME: JsonDict = {"secret": "scheme"}
 
 # pydantic's type errors in the words of the old hand-written checks.
 _EXPECTED = {"bool_type": "true or false", "int_type": "an integer", "float_type": "a number",
@@ -370,7 +373,8 @@ class SiteConfig(Section):
         return value
 
 
-ALERT_CHANNELS = ("log", "webhook", "mqtt", "apprise")
+AlertChannel = Literal["log", "webhook", "mqtt", "apprise"]
+ALERT_CHANNELS: tuple[AlertChannel, ...] = get_args(AlertChannel)
 
 
 class AlertsConfig(Section):

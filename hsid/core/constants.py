@@ -66,5 +66,10 @@ RESTART_BACKOFF_MAX_SECONDS = 60.0
 RESTART_MAX_CRASHES = 10
 RESTART_WINDOW_SECONDS = 600.0
 
+# --- Files under state_dir --------------------------------------------------------------------
+# hsid's copies of uploads whose file name a camera re-uses (pipeline/snapshots.py); cleanup
+# removes them with their rows.
+SNAPSHOTS_DIR = "snapshots"
+
 # The model name whose prompt_configs row drives the risk analyzer.
 ANALYZER_PROMPT_MODEL = "nemotron"

@@ -69,5 +69,6 @@ INFERENCE_FPS = Gauge("hsid_inference_fps", "Detector images per second", regist
 STAGE_LATENCY = Histogram(
     "hsid_stage_seconds", "Time spent per step", ["step"], buckets=LATENCY_BUCKETS,
     registry=REGISTRY)
-# Steps: decode, inference, database, llm, upload_to_event (file complete -> event committed),
-# embedding (model time per person or vehicle crop, entities/recognizer.py).
+# Steps: decode, inference, database, thumbnails (an image's crops, written), llm,
+# upload_to_event (file complete -> event committed), embedding (model time per person or
+# vehicle crop, entities/recognizer.py).

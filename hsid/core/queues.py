@@ -115,6 +115,14 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_bytes(reply: bytes | str) -> bytes:
+    """A reply of the queue's Redis client, which returns bytes (no decode_responses:
+    see ReliableQueue); redis-py's types allow str too."""
+    if isinstance(reply, str):
+        raise TypeError("the Redis client must not decode responses")
+    return reply
+
+
 async def _finish(bookkeeping: Awaitable[Any]) -> None:
     """Run an ack or DLQ write to the end even if our caller is cancelled meanwhile.
 
@@ -182,7 +190,8 @@ class ReliableQueue:
 
     async def _try_push(self, payload: str, claim: Claim | None) -> str | None:
         """One attempt: None pushed, PUSH_FULL, or the claim's holder."""
-        keys, args = [self.key], [payload, self.config.max_length]
+        keys = [self.key]
+        args: list[str | int] = [payload, self.config.max_length]
         if claim is not None:
             keys.append(claim.key)
             args += [claim.value, claim.ttl_ms, int(claim.renew)]
@@ -223,7 +232,7 @@ class ReliableQueue:
                                 crash_count=item.crash_count)
                     payload = item.encode()
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.lrem(self.processing_key, -1, raw)
+                pipe.lrem(self.processing_key, -1, raw)  # type: ignore[arg-type]  # redis-py types LREM's value as str; bytes go as is
                 pipe.lpush(self.key, payload)
                 await pipe.execute()
             count += 1
@@ -251,7 +260,7 @@ class ReliableQueue:
 
         Returns None on timeout, and for a malformed item, which goes to the DLQ instead.
         """
-        raw = await self.redis.blmove(self.key, self.processing_key, timeout, "LEFT", "RIGHT")
+        raw = await self._blmove(timeout)
         return None if raw is None else await self._parse(raw)
 
     async def take_batch(self, max_items: int, timeout: float) -> list[Job]:  # noqa: ASYNC109
@@ -259,7 +268,7 @@ class ReliableQueue:
 
         Malformed items go to the DLQ and are left out, so the batch may be shorter.
         """
-        first = await self.redis.blmove(self.key, self.processing_key, timeout, "LEFT", "RIGHT")
+        first = await self._blmove(timeout)
         if first is None:
             return []
         raws = [first]
@@ -270,6 +279,13 @@ class ReliableQueue:
                 raws += [raw for raw in await pipe.execute() if raw is not None]
         jobs = [await self._parse(raw) for raw in raws]
         return [job for job in jobs if job is not None]
+
+    async def _blmove(self, timeout: float) -> bytes | None:  # noqa: ASYNC109
+        """BLMOVE from the head of the queue to the processing list, waiting up to `timeout` s
+        (Redis takes fractions of a second; redis-py's types say int)."""
+        raw = await self.redis.blmove(self.key, self.processing_key, timeout,  # type: ignore[arg-type]
+                                      "LEFT", "RIGHT")
+        return None if raw is None else as_bytes(raw)
 
     async def _parse(self, raw: bytes) -> Job | None:
         """The one place a taken item is decoded: a malformed one is dead-lettered with its
@@ -283,7 +299,7 @@ class ReliableQueue:
 
     async def ack(self, job: Job) -> None:
         """Remove a finished job from the processing list. Idempotent."""
-        await self.redis.lrem(self.processing_key, 1, job.raw)
+        await self.redis.lrem(self.processing_key, 1, job.raw)  # type: ignore[arg-type]  # redis-py types LREM's value as str; bytes go as is
 
     async def dead_letter(
         self, job: Job, error: str, attempt_count: int,
@@ -306,7 +322,7 @@ class ReliableQueue:
                            last_failed_at=last_failed_at, queue_name=self.name)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.rpush(self.dlq_key, entry.encode())
-            pipe.lrem(self.processing_key, 1, raw)
+            pipe.lrem(self.processing_key, 1, raw)  # type: ignore[arg-type]  # redis-py types LREM's value as str; bytes go as is
             await pipe.execute()
         log.error("job_dead_lettered", queue=self.name, attempt=attempt_count, error=error)
 
@@ -428,7 +444,8 @@ async def dlq_requeue(
         entries = [entry]
     script = redis.register_script(REQUEUE_ENTRY)
     requeued = 0
-    for entry in entries:
+    for reply in entries:
+        entry = as_bytes(reply)
         if (payload := _requeued_payload(queue, entry)) is None:
             log.warning("dlq_entry_not_requeued", queue=queue, reason="it holds no original_job",
                         entry=entry[:200].decode("utf-8", errors="replace"))
@@ -448,9 +465,10 @@ def _requeued_payload(queue: str, entry: bytes) -> str | None:
         original = decode_dead_letter(entry).original_job
     except MalformedItem:
         held = original_of(entry)
-        original = held.get("original_job") if isinstance(held, dict) else None
-        if not isinstance(original, dict | str):
+        found = held.get("original_job") if isinstance(held, dict) else None
+        if not isinstance(found, dict | str):
             return None
+        original = found
     text = original if isinstance(original, str) else json.dumps(
         original, separators=(",", ":"), ensure_ascii=False)
     try:

@@ -21,10 +21,10 @@ if TYPE_CHECKING:
 
 
 class InferenceRate(Protocol):
-    """What the GPU monitor reads of a loaded detector: images per second, None before any."""
+    """What the GPU monitor reads of a loaded detector: images per second, 0.0 before any."""
 
     @property
-    def inference_fps(self) -> float | None: ...
+    def inference_fps(self) -> float: ...
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from hsid.core import constants
+from hsid.core.context import StageContext
 from hsid.core.queues import ReliableQueue
 from hsid.core.runtime import Runtime
 
@@ -64,11 +65,9 @@ def _queue(runtime: Runtime, name: str, stage: str) -> ReliableQueue:
 async def _watch(runtime: Runtime) -> Stages:
     from hsid.pipeline.watcher import Watcher
 
-    config, pool, redis = runtime.config, runtime.require_pool(), runtime.require_redis()
+    context = StageContext.of(runtime)
     queue = _queue(runtime, constants.DETECTION_QUEUE, "watch")
-    return [("watcher", lambda: Watcher(config.paths, config.watcher, config.dedupe, pool,
-                                        redis, queue, runtime.stopping,
-                                        keyspace=runtime.keyspace))]
+    return [("watcher", lambda: Watcher(context, queue))]
 
 
 async def _detect(runtime: Runtime) -> Stages:
@@ -77,7 +76,8 @@ async def _detect(runtime: Runtime) -> Stages:
     from hsid.pipeline.detect_worker import DetectWorker
     from hsid.pipeline.detector import Detector, engine_cache_root
 
-    config, pool, redis = runtime.config, runtime.require_pool(), runtime.require_redis()
+    context = StageContext.of(runtime)
+    config, redis = context.config, context.redis
     if not config.detector.model:
         raise ConfigError("detector.model is not set: point it at an RT-DETRv2 ONNX file "
                           "(see `hsid models list`), or leave `detect` out of --stages")
@@ -96,12 +96,9 @@ async def _detect(runtime: Runtime) -> Stages:
     queue = _queue(runtime, constants.DETECTION_QUEUE, "detect")
     entities = await _entity_recognizer(runtime)
     return [
-        ("detector", lambda: DetectWorker(config, pool, redis, queue, detector, batcher,
-                                          runtime.stopping, keyspace=runtime.keyspace,
+        ("detector", lambda: DetectWorker(context, queue, detector, batcher,
                                           entities=entities)),
-        ("batch_sweeper", lambda: BatchSweeper(
-            batcher, config.batch, runtime.stopping, pool=pool, redis=redis,
-            keyspace=runtime.keyspace, lookback_hours=config.watcher.startup_lookback_hours)),
+        ("batch_sweeper", lambda: BatchSweeper(context, batcher)),
     ]
 
 
@@ -137,11 +134,13 @@ async def _analyze(runtime: Runtime) -> Stages:
     from hsid.pipeline.analyze_worker import AnalyzeWorker
     from hsid.pipeline.schedule import FairQueue
 
-    config, pool, redis = runtime.config, runtime.require_pool(), runtime.require_redis()
+    context = StageContext.of(runtime)
+    config, redis = context.config, context.redis
     if config.entities.model and runtime.health.info.get("entities", {}).get("enabled") is False:
         # This process's recognition could not start: no entity will come to wait for.
         config = config.with_overrides({"entities": {"wait_seconds": 0}})
-    await seed_default_prompt(pool)
+        context = context.with_config(config)
+    await seed_default_prompt(context.pool)
     scorer = RiskScorer(config.analyzer)
     await scorer.load()
     runtime.health.info["analyzer"] = {
@@ -152,8 +151,7 @@ async def _analyze(runtime: Runtime) -> Stages:
     queue = FairQueue(redis, constants.ANALYSIS_QUEUE, worker_id("analyze"), config.queues,
                       runtime.health, keyspace=runtime.keyspace, stores=runtime.stores,
                       max_consecutive=config.analyzer.max_consecutive)
-    return [("analyzer", lambda: AnalyzeWorker(config, pool, redis, queue, scorer,
-                                               runtime.stopping, keyspace=runtime.keyspace))]
+    return [("analyzer", lambda: AnalyzeWorker(context, queue, scorer))]
 
 
 async def _services(runtime: Runtime) -> Stages:
@@ -163,26 +161,24 @@ async def _services(runtime: Runtime) -> Stages:
     from hsid.upkeep.gpu import GpuMonitor
     from hsid.upkeep.status import StatusPublisher
 
-    config, pool, redis = runtime.config, runtime.require_pool(), runtime.require_redis()
-    keyspace = runtime.keyspace
-    zone = site_zone(config.site)
+    context = StageContext.of(runtime)
+    zone = site_zone(context.config.site)
 
     def inference_fps() -> float | None:
         return runtime.detector.inference_fps if runtime.detector is not None else None
 
-    return [
-        ("gpu_monitor", lambda: GpuMonitor(config.gpu, pool, runtime.health, inference_fps,
-                                           runtime.stopping)),
+    stages: Stages = [
+        ("gpu_monitor", lambda: GpuMonitor(context, inference_fps)),
         ("status_publisher", lambda: StatusPublisher(runtime)),
-        ("cleanup", lambda: CleanupService(config.retention, config.paths, pool, redis,
-                                           runtime.stopping, keyspace=keyspace, zone=zone)),
-    ] + _notifications(runtime, zone) + (
-        [("baselines", lambda: BaselineService(config.baselines, pool, redis,
-                                               runtime.stopping, keyspace=keyspace, zone=zone))]
-        if config.baselines.enabled else [])
+        ("cleanup", lambda: CleanupService(context, zone=zone)),
+        *_notifications(context, zone),
+    ]
+    if context.config.baselines.enabled:
+        stages.append(("baselines", lambda: BaselineService(context, zone=zone)))
+    return stages
 
 
-def _notifications(runtime: Runtime, zone: tzinfo) -> Stages:
+def _notifications(context: StageContext, zone: tzinfo) -> Stages:
     """The alert notifier and, with [mqtt] url set, Home Assistant's publisher; they share
     the pictures (Evidence) and one MQTT connection when the alerts go to that broker."""
     from hsid.alerts.channels import AlertChannels
@@ -192,20 +188,17 @@ def _notifications(runtime: Runtime, zone: tzinfo) -> Stages:
     from hsid.homeassistant.publisher import HomeAssistantPublisher
     from hsid.imaging.evidence import Evidence
 
-    config, pool, redis = runtime.config, runtime.require_pool(), runtime.require_redis()
+    config = context.config
     alerts = alert_settings(config)
-    evidence = Evidence(pool, config.paths, config.detector.max_pixels)
+    evidence = Evidence(context.pool, config.paths, config.detector.max_pixels)
     link = MqttLink(config.mqtt) if config.mqtt.url else None
 
     def channels() -> AlertChannels:
         return AlertChannels(alerts, evidence=evidence, public_url=config.api.public_url,
                              zone=zone, link=link)
 
-    stages: Stages = [("notifier", lambda: AlertDelivery(alerts, pool, redis, runtime.stopping,
-                                                    keyspace=runtime.keyspace,
-                                                    channels=channels))]
+    stages: Stages = [("notifier", lambda: AlertDelivery(context, channels=channels))]
     if link is not None:
         stages.append(("homeassistant", lambda: HomeAssistantPublisher(
-            config, pool, redis, runtime.stopping, keyspace=runtime.keyspace, link=link,
-            evidence=evidence)))
+            context, link=link, evidence=evidence)))
     return stages

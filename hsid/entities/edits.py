@@ -192,7 +192,7 @@ def _weighted_mean(rows: list[asyncpg.Record]) -> np.ndarray | None:
              if (v := _stored_vector(row)) is not None]
     if not parts or len({v.shape for v, _ in parts}) > 1:
         return parts[0][0] if parts else None
-    return normalised(sum(v * weight for v, weight in parts))
+    return normalised(sum((v * weight for v, weight in parts), np.zeros_like(parts[0][0])))
 
 
 def _stored(vector: np.ndarray | None) -> list[float] | None:

@@ -23,16 +23,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
-import asyncpg
-import redis.asyncio as aioredis
 import structlog
 
 from hsid.core.backoff import Backoff
-from hsid.core.config import Config
 from hsid.core.constants import SECURITY_EVENTS_CHANNEL, SYSTEM_STATUS_CHANNEL
+from hsid.core.context import StageContext
+from hsid.core.duty import Lock, run_duty
 from hsid.core.errors import STORE_ERRORS, NotFound, TransientError
-from hsid.core.keyspace import Keyspace
-from hsid.core.locks import singleton_lock
 from hsid.core.runtime import pause
 from hsid.homeassistant.discovery import (
     OBJECT_GROUPS,
@@ -80,11 +77,10 @@ class HomeAssistantPublisher:
     """Stage: see the module docstring. `run` returns once `stopping` is set, after saying
     "offline"; a broker that is down is waited for with backoff, not counted as a crash."""
 
-    def __init__(self, config: Config, pool: asyncpg.Pool, redis: aioredis.Redis,
-                 stopping: asyncio.Event, *, keyspace: Keyspace, link: MqttLink,
-                 evidence: Evidence) -> None:
-        self._config, self._pool, self._redis = config, pool, redis
-        self._stopping, self._keyspace, self._link = stopping, keyspace, link
+    def __init__(self, context: StageContext, *, link: MqttLink, evidence: Evidence) -> None:
+        config = context.config
+        self._config, self._pool, self._redis = config, context.pool, context.redis
+        self._stopping, self._keyspace, self._link = context.stopping, context.keyspace, link
         self._evidence = evidence
         self._topics = Topics(config.mqtt)
         self._cameras: dict[str, str] = {}  # id -> name, as discovered on this connection
@@ -101,19 +97,8 @@ class HomeAssistantPublisher:
         self._broker_down = False
 
     async def run(self) -> None:
-        holding: bool | None = None
-        while not self._stopping.is_set():
-            try:
-                async with singleton_lock(self._redis, self._keyspace, DUTY) as held:
-                    if held != holding:
-                        log.info("homeassistant_active" if held else "homeassistant_standby")
-                    holding = held
-                    if held:
-                        await self._serve()
-                        continue
-            except STORE_ERRORS as err:
-                log.warning("homeassistant_store_unavailable", error=str(err) or type(err).__name__)
-            await self._wait(STANDBY_SECONDS)
+        await run_duty(DUTY, self._serve, STANDBY_SECONDS, self._stopping,
+                       lock=Lock(self._redis, self._keyspace))
 
     async def _serve(self) -> None:
         """Stay connected until stopping, reconnecting with backoff when the broker goes."""

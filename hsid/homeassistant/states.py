@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from hsid.alerts.channels import picture_links
 from hsid.homeassistant.discovery import EVENT_TYPE
+from hsid.imaging.evidence import picture_links
 
 
 def is_backlog(data: dict[str, Any], backlog_seconds: float) -> bool:

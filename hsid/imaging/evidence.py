@@ -16,10 +16,10 @@ from pathlib import Path
 
 import asyncpg
 
-from hsid.api.files import roots, safe_image
 from hsid.core.config import PathsConfig
 from hsid.core.errors import NotFound, PermanentError
 from hsid.imaging.annotate import Box, annotate
+from hsid.imaging.files import roots, safe_image
 
 # Decoding and encoding a large snapshot takes a core for tens of milliseconds: a burst of
 # requests must not take every core from detection. Taken in the worker thread, so it holds
@@ -125,3 +125,15 @@ class Evidence:
                 return annotate(data, boxes, max_pixels=self._max_pixels, width=width)
         except PermanentError as err:
             raise NotFound(f"the stored image can't be decoded: {err}") from err
+
+
+def picture_links(public_url: str, event_id: int | None,
+                  thumbnail_of: int | None) -> dict[str, str | None]:
+    """snapshot_url (the event's annotated snapshot) and thumbnail_url (its telling
+    detection's crop): absolute under `public_url`, paths when it is empty."""
+    base = public_url.rstrip("/")
+    return {
+        "snapshot_url": None if event_id is None else f"{base}/api/events/{event_id}/snapshot",
+        "thumbnail_url": None if thumbnail_of is None
+        else f"{base}/api/detections/{thumbnail_of}/thumbnail",
+    }

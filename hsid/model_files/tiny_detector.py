@@ -27,6 +27,7 @@ normalised to 0..1; zeros when empty). Standard opset-17 ops only, dynamic batch
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -54,13 +55,13 @@ class _GraphBuilder:
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
 
-    def const(self, value: np.ndarray) -> str:
+    def const(self, value: np.ndarray | np.generic) -> str:
         self._count += 1
         name = f"c{self._count}"
-        self.initializers.append(numpy_helper.from_array(value, name))
+        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs: object) -> str:
+    def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs: Any) -> str:
         self._count += 1
         name = out or f"t{self._count}"
         self.nodes.append(helper.make_node(op_type, list(inputs), [name], **attrs))

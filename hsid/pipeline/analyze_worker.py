@@ -36,7 +36,6 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 import structlog
 
 from hsid.alerts.rules import DetectionFacts, EventFacts, raise_alert
@@ -49,8 +48,8 @@ from hsid.cameras.tamper import scene_context
 from hsid.cameras.zones import enabled_zones, zones_of_box
 from hsid.core import constants, metrics
 from hsid.core.config import Config, site_zone
+from hsid.core.context import StageContext
 from hsid.core.errors import PermanentError, TransientError
-from hsid.core.keyspace import Keyspace
 from hsid.core.messages import AlertData, AlertMessage, AnalysisItem, EventData, EventMessage
 from hsid.core.queues import Job, ReliableQueue, consume
 from hsid.entities.context import EntityFacts, entity_facts
@@ -174,17 +173,16 @@ async def _enrichment(pool: asyncpg.Pool, config: Config, camera_id: str,
 class AnalyzeWorker:
     """Stage: consumes analysis_queue until `stopping` is set."""
 
-    def __init__(self, config: Config, pool: asyncpg.Pool, redis: aioredis.Redis,
-                 queue: ReliableQueue, scorer: RiskScorer, stopping: asyncio.Event, *,
-                 keyspace: Keyspace) -> None:
-        self._config = config
-        self._events_channel = keyspace.channel(constants.SECURITY_EVENTS_CHANNEL)
-        self._pool = pool
-        self._redis = redis
+    def __init__(self, context: StageContext, queue: ReliableQueue, scorer: RiskScorer) -> None:
+        """`queue`: the analysis_queue (a FairQueue in the daemon)."""
+        self._config = context.config
+        self._events_channel = context.keyspace.channel(constants.SECURITY_EVENTS_CHANNEL)
+        self._pool = context.pool
+        self._redis = context.redis
         self._queue = queue
         self._scorer = scorer
-        self._stopping = stopping
-        self._keyspace = keyspace
+        self._stopping = context.stopping
+        self._keyspace = context.keyspace
         # batch id -> (the detection ids assessed, their assessment), kept across retries
         self._assessed: dict[str, tuple[tuple[int, ...], RiskAssessment]] = {}
 

@@ -38,18 +38,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import redis.asyncio as aioredis
 import structlog
 
 from hsid.core import constants
 from hsid.core.broker import state_lost
 from hsid.core.config import BatchConfig, QueueConfig
+from hsid.core.context import StageContext
+from hsid.core.duty import run_duty
 from hsid.core.errors import STORE_ERRORS
 from hsid.core.keyspace import Keyspace
 from hsid.core.messages import AnalysisItem
 from hsid.core.queues import Claim, ReliableQueue
-from hsid.core.runtime import pause
 
 log = structlog.get_logger(__name__)
 
@@ -194,6 +194,10 @@ class Batcher:
         self._add = redis.register_script(ADD_SCRIPT)
         self._add_backlog = redis.register_script(ADD_BACKLOG_SCRIPT)
         self._close = redis.register_script(CLOSE_SCRIPT)
+        # Set when detections join a batch here while the last sweep saw none open, so this
+        # process's sweeper, asleep with nothing open, wakes to watch the batch's timers.
+        self.filed = asyncio.Event()
+        self.open_batches = 0  # how many batches the last sweep left open
 
     def is_backlog(self, captured_at: datetime | None, arrived_at: datetime | None) -> bool:
         """Taken so long before it arrived that it belongs to no live batch."""
@@ -222,6 +226,7 @@ class Batcher:
             if opened:
                 return None
         now = time.time()
+        self._wake_sweeper()
         batch_id, size = await self._add(
             keys=[self._keyspace.batch_current(camera_id)],
             args=[str(uuid.uuid4()), camera_id, repr(now), constants.BATCH_KEY_TTL_SECONDS,
@@ -232,10 +237,15 @@ class Batcher:
             await self.close(camera_id, batch_id, force=True)
         return str(batch_id)
 
+    def _wake_sweeper(self) -> None:
+        if not self.open_batches:
+            self.filed.set()
+
     async def _file_backlog(self, camera_id: str, ids: list[int], captured_at: datetime) -> str:
         """Add to the camera's backlog batch; one the capture time does not fit is closed
         and the next opened (each step atomic, so racing workers cut it once)."""
         c = self._config
+        self._wake_sweeper()
         while True:
             batch_id, size, fits = await self._add_backlog(
                 keys=[self._keyspace.batch_backlog(camera_id)],
@@ -306,49 +316,63 @@ class Batcher:
         return bool(closed)
 
     async def sweep(self) -> int:
-        """Close every due batch, live and backlog; returns how many this call closed."""
-        closed = 0
+        """Close every due batch, live and backlog; returns how many this call closed
+        (`open_batches` then says how many it left open)."""
+        closed = seen = 0
         for backlog in (False, True):
             pattern = self._keyspace.batch_current_pattern(backlog)
             async for key in self._redis.scan_iter(match=pattern, count=500):
                 key = key.decode() if isinstance(key, bytes) else key
                 camera_id = self._keyspace.camera_of_batch_current(key, backlog)
                 batch_id = await self._redis.get(key)
-                if batch_id is not None and await self.close(camera_id, batch_id.decode(),
-                                                             backlog=backlog):
+                if batch_id is None:
+                    continue
+                seen += 1
+                batch_id = batch_id.decode() if isinstance(batch_id, bytes) else batch_id
+                if await self.close(camera_id, batch_id, backlog=backlog):
                     closed += 1
+        self.open_batches = seen - closed
         return closed
 
 
 class BatchSweeper:
-    """Stage: sweeps at least every second until the daemon stops.
+    """Stage: sweeps at least every `batch.sweep_interval_seconds` while a batch is open,
+    until the daemon stops. With none open it sleeps until this process's batcher files a
+    detection, or RECONCILE_CHECK_SECONDS at most (another process's batches, Redis's
+    state), so an idle daemon is not woken every second.
 
     It also notices Redis coming back empty (its `reconciled:batches` marker gone, looked for
     at start and every RECONCILE_CHECK_SECONDS): the open batches and queued analysis jobs
-    went with it, so the detections of the last `lookback_hours` that belong to no event are
-    batched again (orphans.py). Only the process that sets the marker again does it.
+    went with it, so the detections of the last `watcher.startup_lookback_hours` that belong
+    to no event are batched again (orphans.py). Only the process that sets the marker again
+    does it.
     """
 
-    def __init__(self, batcher: Batcher, config: BatchConfig, stopping: asyncio.Event, *,
-                 pool: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
-                 lookback_hours: float) -> None:
+    def __init__(self, context: StageContext, batcher: Batcher) -> None:
+        config = context.config
         self._batcher = batcher
-        self._config = config
-        self._interval = config.sweep_interval_seconds
-        self._stopping = stopping
-        self._pool = pool
-        self._redis = redis
-        self._marker = keyspace.key(f"{constants.RECONCILED_PREFIX}batches")
-        self._lookback = timedelta(hours=lookback_hours)
+        self._config = config.batch
+        self._interval = config.batch.sweep_interval_seconds
+        self._stopping = context.stopping
+        self._pool = context.pool
+        self._redis = context.redis
+        self._marker = context.keyspace.key(f"{constants.RECONCILED_PREFIX}batches")
+        self._lookback = timedelta(hours=config.watcher.startup_lookback_hours)
+        self._next_check = 0.0
 
     async def run(self) -> None:
-        next_check = 0.0
-        while not self._stopping.is_set():
-            if time.monotonic() >= next_check:
-                await self._reconcile()
-                next_check = time.monotonic() + constants.RECONCILE_CHECK_SECONDS
-            await self._batcher.sweep()
-            await pause(self._stopping, self._interval)
+        await run_duty("batch_sweep", self._sweep, self._interval, self._stopping,
+                       wake=self._batcher.filed)
+
+    async def _sweep(self) -> float:
+        """One sweep (and the reconcile look when due); the seconds until the next."""
+        if time.monotonic() >= self._next_check:
+            await self._reconcile()
+            self._next_check = time.monotonic() + constants.RECONCILE_CHECK_SECONDS
+        await self._batcher.sweep()
+        if self._batcher.open_batches:
+            return self._interval
+        return max(self._interval, self._next_check - time.monotonic())
 
     async def _reconcile(self) -> None:
         """Batch the orphans again if Redis lost its state; a failure hands the duty back."""

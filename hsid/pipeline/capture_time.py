@@ -121,7 +121,8 @@ class CaptureClock:
             zone = timezone(sign * timedelta(hours=int(offset[2]), minutes=int(offset[3])))
         fraction = stamp.subsec if stamp.subsec and stamp.subsec.isdigit() else "0"
         micro = int(fraction[:6].ljust(6, "0"))
-        return _aware(*(int(part) for part in match.groups()), micro, zone=zone)
+        year, month, day, hour, minute, second = (int(part) for part in match.groups())
+        return _aware(year, month, day, hour, minute, second, micro, zone=zone)
 
     def _relative(self, path: Path) -> PurePath:
         try:
@@ -166,7 +167,8 @@ def _timestamps(name: str, zone: tzinfo) -> Iterator[datetime]:
     for pattern in (COMPACT, DASHED):
         for match in pattern.finditer(name):
             ms = int(match["ms"] or 0)
-            at = _aware(*(int(match[key]) for key in "YmdHMS"), ms * 1000, zone=zone)
+            year, month, day, hour, minute, second = (int(match[key]) for key in "YmdHMS")
+            at = _aware(year, month, day, hour, minute, second, ms * 1000, zone=zone)
             if at is not None:
                 yield at
 

@@ -5,9 +5,19 @@ known by its content), thumbnails are written, then the rows and the snapshot's 
 committed in one transaction (the thumbnails are removed again if it fails), so an image
 that gave no detection is not processed again either; then clients hear of the detections on
 `security_events`, then the detections join their camera's batch, then the queue item is
-acknowledged. Storing overlaps the next inference; decoding does not: on a CPU the
-model's threads already use every core, and measured on 2 cores (scripts/bench_detect.py)
-decoding beside inference slowed inference by more than the decode itself costs.
+acknowledged.
+
+The worker is a pipeline of three steps, each a task, handing whole batches (take_batch, up
+to batch_size jobs) on through asyncio queues of one: take and decode, infer, store. The
+next batch is decoded while the current one is inferred, and the batches before it are
+stored meanwhile; one step at a time per batch, in the order taken, so a camera's images
+are stored in the order they arrived, and every job is acknowledged (or dead-lettered) only
+once it is stored and batched, as before. On the CPU the model's threads hold every core:
+decoding and thumbnails run in one helper thread at a lower priority (nice +10), so they take
+the time the model leaves idle rather than preempting its threads, yet still get a share of
+a machine that something else keeps busy (SCHED_IDLE would starve them there: a home server
+transcoding video would stop hsid's detection); the model's idle threads sleep instead of
+spinning (detector.py). Measured with scripts/bench_detect.py.
 
 When the snapshot was taken (capture_time.py) is read from the same bytes, its names and
 its mtime, and stored with its rows (`detections.captured_at`, hsid's extension; detected_at
@@ -39,21 +49,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
+import os
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import asyncpg
-import redis.asyncio as aioredis
 import structlog
 
 from hsid.cameras.tamper import SceneMonitor
 from hsid.core import constants, metrics
-from hsid.core.config import Config, site_zone
+from hsid.core.config import site_zone
+from hsid.core.constants import SNAPSHOTS_DIR
+from hsid.core.context import StageContext
 from hsid.core.errors import STORE_ERRORS, PermanentError, TransientError
-from hsid.core.keyspace import Keyspace
 from hsid.core.messages import (
     DetectedObject,
     DetectionData,
@@ -62,15 +78,20 @@ from hsid.core.messages import (
     MalformedItem,
     decode_item,
 )
-from hsid.core.queues import Job, ReliableQueue, process_with_retries
+from hsid.core.queues import Job, ReliableQueue, as_bytes, process_with_retries
 from hsid.core.runtime import honour_cancellation
 from hsid.entities.recognizer import Candidate, EntityRecognizer
 from hsid.pipeline.batcher import Batcher, NewDetection
 from hsid.pipeline.capture_time import Capture, CaptureClock
-from hsid.pipeline.detector import DecodedImage, Detector, ObjectDetection, decode
+from hsid.pipeline.detector import (
+    CPU_PROVIDER,
+    DecodedImage,
+    Detector,
+    ObjectDetection,
+    decode,
+)
 from hsid.pipeline.orphans import covered_ids
 from hsid.pipeline.snapshots import (
-    SNAPSHOTS_DIR,
     Upload,
     is_processed,
     read_upload,
@@ -82,6 +103,12 @@ from hsid.pipeline.thumbnails import make_thumbnail, thumbnail_path
 
 log = structlog.get_logger(__name__)
 
+T = TypeVar("T")
+# How much lower than the daemon's the helper thread's priority (nice) is: decoding and
+# thumbnails use the cores a CPU model leaves idle instead of preempting its threads
+# (measured on 2 cores with the model on both: nice 10 0.76-0.79x of bare onnxruntime at
+# batch 4, the same priority 0.76x; with the model on half the cores, the default, 0.93x).
+HELPER_NICE = 10
 # The DLQ reason of a job that was in flight at POISON_CRASH_COUNT deaths of the daemon.
 POISON_ERROR = "crashed the daemon twice"
 
@@ -90,10 +117,18 @@ SELECT_STORED = """
 SELECT id, detected_at, captured_at, object_type, confidence, thumbnail_path FROM detections
 WHERE id = any($1::int[]) ORDER BY id
 """
-INSERT_DETECTION = """
+# All of an image's rows in one statement (one round trip, not one per detection), in
+# `found`'s order: identity values are drawn as the ordered rows are inserted, so the ids,
+# sorted, follow that order.
+INSERT_DETECTIONS = """
 INSERT INTO detections (camera_id, file_path, file_type, detected_at, object_type, confidence,
                         bbox_x, bbox_y, bbox_width, bbox_height, thumbnail_path, captured_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+SELECT $1, $2, $3, $4, d.object_type, d.confidence, d.bbox_x, d.bbox_y, d.bbox_width,
+       d.bbox_height, d.thumbnail_path, $5
+FROM unnest($6::varchar[], $7::float8[], $8::int[], $9::int[], $10::int[], $11::int[],
+            $12::varchar[]) WITH ORDINALITY
+     AS d(object_type, confidence, bbox_x, bbox_y, bbox_width, bbox_height, thumbnail_path, n)
+ORDER BY d.n
 RETURNING id
 """
 
@@ -116,6 +151,14 @@ class StoredDetection(NewDetection):
     def from_row(cls, row: asyncpg.Record) -> StoredDetection:
         return cls(row["id"], row["object_type"] or "", row["confidence"] or 0.0,
                    row["detected_at"], row["thumbnail_path"], row["captured_at"])
+
+
+@dataclass(slots=True)
+class _Batch:
+    """The images of one take_batch, handed from step to step (DetectWorker.run)."""
+
+    tasks: list[ImageTask]
+    stored: asyncio.Event = field(default_factory=asyncio.Event)  # set once all are done
 
 
 @dataclass(slots=True)
@@ -178,63 +221,121 @@ def read_and_decode(task: ImageTask, roots: tuple[Path, ...], max_pixels: int,
         task.error = err
 
 
+def _yield_to_model() -> None:
+    """Helper thread start, when the model runs on the CPU: the thread runs HELPER_NICE
+    steps below the process (Linux sets a nice value per thread), or as it is where that
+    is not allowed."""
+    with contextlib.suppress(AttributeError, OSError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + HELPER_NICE)
+
+
 class DetectWorker:
     """Stage: runs until `stopping` is set; items left in flight are recovered on restart."""
 
-    def __init__(self, config: Config, pool: asyncpg.Pool, redis: aioredis.Redis,
-                 queue: ReliableQueue, detector: Detector, batcher: Batcher,
-                 stopping: asyncio.Event, *, keyspace: Keyspace,
-                 entities: EntityRecognizer | None = None) -> None:
-        self._config = config
-        self._entities = entities  # None: entities off
-        self._events_channel = keyspace.channel(constants.SECURITY_EVENTS_CHANNEL)
-        self._pool = pool
-        self._redis = redis
+    def __init__(self, context: StageContext, queue: ReliableQueue, detector: Detector,
+                 batcher: Batcher, *, entities: EntityRecognizer | None = None) -> None:
+        """`queue`: the detection_queue; `entities`: None when entities are off."""
+        config = self._config = context.config
+        pool = self._pool = context.pool
+        self._entities = entities
+        self._events_channel = context.keyspace.channel(constants.SECURITY_EVENTS_CHANNEL)
+        self._redis = context.redis
         self._queue = queue
         self._detector = detector
         self._batcher = batcher
-        self._stopping = stopping
+        self._stopping = context.stopping
         self._scene = SceneMonitor(pool) if config.scene.enabled else None
         self._thumbnails = StateFileWriter("thumbnails")
+        self._helpers: ThreadPoolExecutor | None = None  # decoding, thumbnails; in run()
         self._clock = CaptureClock(site_zone(config.site), config.paths.camera_root.absolute(),
                                    config.watcher.max_backlog_hours)
 
     async def run(self) -> None:
+        """Three steps, each its own task, handing batches on through queues of one:
+        take and decode (`_feed`), infer (`_infer_batches`), store (`_store_batches`).
+        Returns once `stopping` is set and every batch taken is stored; on a failure or
+        cancellation, the batch being stored is finished and the jobs still in hand go
+        back to the queue."""
         await self._queue.recover()
-        storing: asyncio.Task[None] | None = None
-        upcoming = asyncio.create_task(self._take_and_decode())
+        # On the CPU the model's threads hold every core: one helper thread beside them,
+        # on the time they leave idle, or each parallel step of the model waits for a
+        # preempted thread. On a GPU, one per image of a batch, as any other thread.
+        if self._detector.provider == CPU_PROVIDER:
+            helpers = ThreadPoolExecutor(1, "detect-helper", _yield_to_model)
+        else:
+            helpers = ThreadPoolExecutor(self._detector.max_batch, "detect-helper")
+        self._helpers = helpers
+        decoded: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=1)
+        inferred: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=1)
+        steps = (asyncio.create_task(self._feed(decoded), name="detect-feed"),
+                 asyncio.create_task(self._infer_batches(decoded, inferred),
+                                     name="detect-infer"),
+                 asyncio.create_task(self._store_batches(inferred), name="detect-store"))
         try:
-            while True:
-                honour_cancellation()
-                tasks = await upcoming
-                if self._stopping.is_set() and not tasks:
-                    break
-                await self._infer(tasks)
-                if any(task.suspect for task in tasks):
-                    # Finished before anything else is taken: should it kill the daemon
-                    # again, no other suspect is in flight to be blamed with it.
-                    if storing is not None:
-                        await storing
-                        storing = None
-                    await self._store_all(tasks)
-                    upcoming = asyncio.create_task(self._take_and_decode())
-                    continue
-                upcoming = asyncio.create_task(self._take_and_decode())
-                if storing is not None:
-                    await storing
-                storing = asyncio.create_task(self._store_all(tasks))
+            done, _ = await asyncio.wait(steps, return_when=asyncio.FIRST_EXCEPTION)
+            for step in done:
+                step.result()  # a step's failure is the stage's
         finally:
-            upcoming.cancel()
+            for step in steps:
+                step.cancel()  # the storing step finishes the batch in hand first
             try:
-                if storing is not None:
-                    await storing
+                await asyncio.gather(*steps, return_exceptions=True)
             finally:  # jobs still in hand (a crash, or SIGTERM's grace run out) go back
+                self._helpers = None
+                helpers.shutdown(wait=False)
                 await self._queue.return_in_flight()
 
-    async def _take_and_decode(self) -> list[ImageTask]:
-        if self._stopping.is_set():
-            return []
-        size = 1 if await self._suspect_waiting() else self._config.detector.batch_size
+    async def _feed(self, decoded: asyncio.Queue[_Batch | None]) -> None:
+        """Take batches and decode them while the previous one is inferred: a batch is
+        taken only once the inferring step took the one before, so one batch at most
+        waits decoded. A suspect is taken when nothing else is in flight, and nothing
+        is taken after it until it is stored: should it kill the daemon again, no other
+        job is blamed with it. Ends (passing None on) once `stopping` is set."""
+        last: _Batch | None = None
+        while not self._stopping.is_set():
+            honour_cancellation()
+            size = self._config.detector.batch_size
+            if await self._suspect_waiting():
+                if last is not None:
+                    await last.stored.wait()
+                size = 1
+            tasks = await self._take_and_decode(size)
+            if not tasks:
+                continue
+            last = _Batch(tasks)
+            await decoded.put(last)
+            await decoded.join()  # taken by the inferring step
+            if any(task.suspect for task in tasks):
+                await last.stored.wait()
+        await decoded.put(None)
+
+    async def _infer_batches(self, decoded: asyncio.Queue[_Batch | None],
+                             inferred: asyncio.Queue[_Batch | None]) -> None:
+        """Infer each batch while the ones before it are stored (two at most wait)."""
+        while True:
+            batch = await decoded.get()
+            decoded.task_done()
+            if batch is not None:
+                await self._infer(batch.tasks)
+            await inferred.put(batch)
+            if batch is None:
+                return
+
+    async def _store_batches(self, inferred: asyncio.Queue[_Batch | None]) -> None:
+        """Store each batch, in the order taken, so a camera's images are stored in the
+        order they arrived. Cancelled, the batch in hand is finished first."""
+        while (batch := await inferred.get()) is not None:
+            storing = asyncio.create_task(self._store_all(batch.tasks))
+            try:
+                await asyncio.shield(storing)
+            except asyncio.CancelledError:
+                await storing
+                raise
+            finally:
+                batch.stored.set()
+
+    async def _take_and_decode(self, size: int) -> list[ImageTask]:
         jobs = await self._queue.take_batch(size, timeout=1.0)
         tasks = []
         for job in jobs:
@@ -247,11 +348,18 @@ class DetectWorker:
             tasks.append(task)
         paths, limit = self._config.paths, self._config.detector.max_pixels
         roots = (paths.camera_root.resolve(), (paths.state_dir / SNAPSHOTS_DIR).resolve())
-        await asyncio.gather(*(
-            asyncio.to_thread(read_and_decode, t, roots, limit, self._clock)
-            for t in tasks if t.error is None
-        ))
+        await asyncio.gather(*(self._in_helper(read_and_decode, t, roots, limit, self._clock)
+                               for t in tasks if t.error is None))
         return tasks
+
+    async def _in_helper(self, func: Callable[..., T], /, *args: Any) -> T:
+        """Run blocking pre- and post-processing (decoding, thumbnails) in the worker's
+        helper threads, with the caller's context (as asyncio.to_thread does)."""
+        if self._helpers is None:  # outside run() (a test calling a step directly)
+            return await asyncio.to_thread(func, *args)
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            self._helpers, functools.partial(context.run, func, *args))
 
     async def _suspect_waiting(self) -> bool:
         """Whether the job at the head of the queue is a suspect, to be taken alone.
@@ -266,7 +374,7 @@ class DetectWorker:
             item = decode_item(self._queue.name, raw)
         except MalformedItem:
             return False  # take_batch dead-letters it
-        return is_suspect(Job(self._queue.name, raw, item))
+        return is_suspect(Job(self._queue.name, as_bytes(raw), item))
 
     async def _infer(self, tasks: list[ImageTask]) -> None:
         """Infer the decoded images: together, except each suspect in a call of its own."""
@@ -274,7 +382,8 @@ class DetectWorker:
         innocent = [t for t in ready if not t.suspect]
         for group in ([innocent] if innocent else []) + [[t] for t in ready if t.suspect]:
             started = time.perf_counter()
-            results = await asyncio.to_thread(self._detector.infer, [t.image for t in group])
+            results = await asyncio.to_thread(
+                self._detector.infer, [t.image for t in group if t.image is not None])
             elapsed = time.perf_counter() - started
             for task, found in zip(group, results, strict=True):
                 task.found = found
@@ -286,7 +395,7 @@ class DetectWorker:
         for task in tasks:
             with structlog.contextvars.bound_contextvars(camera_id=task.camera_id):
                 await process_with_retries(
-                    self._queue, task.job, lambda _job, t=task: self._store(t),
+                    self._queue, task.job, lambda _job, t=task: self._store(t),  # type: ignore[misc]  # mypy cannot infer a lambda with a default
                     self._config.queues)
         await self._recognise(tasks)
 
@@ -366,7 +475,8 @@ class DetectWorker:
                       detected_at: datetime) -> tuple[list[StoredDetection], bool]:
         """Insert the image's rows and its snapshot record, unless its content was stored
         already: (the rows, True) when new, (the earlier rows, False) when not."""
-        thumbnails = await asyncio.to_thread(self._write_thumbnails, task, detected_at)
+        with metrics.STAGE_LATENCY.labels("thumbnails").time():
+            thumbnails = await self._in_helper(self._write_thumbnails, task, detected_at)
         try:
             with metrics.STAGE_LATENCY.labels("database").time():
                 return await self._insert_all(task, detected_at, thumbnails)
@@ -386,23 +496,29 @@ class DetectWorker:
                 kept = {row.thumbnail_path for row in stored}
                 _remove([path for path in thumbnails if str(path) not in kept])
                 return stored, False
-            stored = [await self._insert(conn, task, detected_at, found, thumb)
-                      for found, thumb in zip(task.found or [], thumbnails, strict=True)]
+            stored = await self._insert(conn, task, detected_at, thumbnails)
             await record(conn, task.upload, str(task.path), task.camera_id,
                          [row.id for row in stored])
             return stored, True
 
     async def _insert(self, conn: asyncpg.Connection, task: ImageTask, detected_at: datetime,
-                      found: ObjectDetection, thumb: Path | None) -> StoredDetection:
+                      thumbnails: list[Path | None]) -> list[StoredDetection]:
+        """The image's detection rows, in `found`'s order, one round trip for all."""
         assert task.image is not None and task.upload is not None
-        thumbnail = None if thumb is None else str(thumb)
+        found = task.found or []
+        if not found:
+            return []
+        paths = [None if thumb is None else str(thumb) for thumb in thumbnails]
         captured_at = task.capture.at if task.capture else None
-        detection_id = await conn.fetchval(
-            INSERT_DETECTION, task.camera_id, task.upload.image_path, task.image.mime,
-            detected_at, found.object_type, found.confidence, found.bbox_x, found.bbox_y,
-            found.bbox_width, found.bbox_height, thumbnail, captured_at)
-        return StoredDetection(detection_id, found.object_type, found.confidence, detected_at,
-                               thumbnail, captured_at)
+        rows = await conn.fetch(
+            INSERT_DETECTIONS, task.camera_id, task.upload.image_path, task.image.mime,
+            detected_at, captured_at, [f.object_type for f in found],
+            [f.confidence for f in found], [f.bbox_x for f in found], [f.bbox_y for f in found],
+            [f.bbox_width for f in found], [f.bbox_height for f in found], paths)
+        ids = sorted(row["id"] for row in rows)
+        return [StoredDetection(detection_id, f.object_type, f.confidence, detected_at, path,
+                                captured_at)
+                for detection_id, f, path in zip(ids, found, paths, strict=True)]
 
     def _write_thumbnails(self, task: ImageTask, detected_at: datetime) -> list[Path | None]:
         """Blocking: one JPEG crop per detection, written before the rows that point at it;
@@ -419,7 +535,7 @@ class DetectWorker:
         return paths
 
     async def _announce(self, task: ImageTask, detected_at: datetime,
-                        stored: list[NewDetection]) -> None:
+                        stored: list[StoredDetection]) -> None:
         message = DetectionMessage(data=DetectionData(
             camera_id=task.camera_id,
             file_path=task.upload.image_path if task.upload else str(task.path),

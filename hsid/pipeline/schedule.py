@@ -121,11 +121,10 @@ class FairQueue(ReliableQueue):
             keys=[self.key, self.processing_key, self.schedule_key],
             args=[self.max_consecutive, SCAN_LIMIT])
         if raw is None:
-            raw = await self.redis.blmove(self.key, self.processing_key, timeout,
-                                          "LEFT", "RIGHT")
-            if raw is None:
+            taken = await self._blmove(timeout)
+            if taken is None:
                 return None
-            job = await self._parse(raw)
+            job = await self._parse(taken)
             if job is not None:
                 await self._note_served(keys=[self.schedule_key], args=[job.item.camera_id])
             return job

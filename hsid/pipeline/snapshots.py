@@ -29,9 +29,9 @@ from typing import Any
 
 import asyncpg
 
+from hsid.core.constants import SNAPSHOTS_DIR
 from hsid.pipeline.state_files import StateFileWriter
 
-SNAPSHOTS_DIR = "snapshots"
 # Snapshots under this size hash faster than a thread hand-off; bigger ones go to a thread
 # so that the event loop never waits on hashing.
 HASH_INLINE_MAX_BYTES = 256 * 1024

@@ -18,8 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import asyncpg
-import redis.asyncio as aioredis
 import structlog
 from watchfiles import Change, awatch
 
@@ -33,10 +31,10 @@ from hsid.cameras.registry import (
     register_camera,
 )
 from hsid.core.broker import state_lost
-from hsid.core.config import DedupeConfig, PathsConfig, WatcherConfig
 from hsid.core.constants import RECONCILE_CHECK_SECONDS, RECONCILED_PREFIX
+from hsid.core.context import StageContext
+from hsid.core.duty import run_duty
 from hsid.core.errors import InvalidInput, Unavailable
-from hsid.core.keyspace import Keyspace
 from hsid.core.messages import DetectionItem
 from hsid.core.metrics import FILES_IGNORED, IMAGES_DEDUPLICATED, IMAGES_RECEIVED, IMAGES_REJECTED
 from hsid.core.queues import Claim
@@ -102,26 +100,18 @@ def sort_changes(batch: set[tuple[Change, str]], layout: CameraLayout) -> Change
 class Watcher:
     """The stage that turns files in camera folders into detection_queue items."""
 
-    def __init__(
-        self,
-        paths: PathsConfig,
-        config: WatcherConfig,
-        dedupe: DedupeConfig,
-        pool: asyncpg.Pool,
-        redis: aioredis.Redis,
-        queue: ReliableQueue,
-        stopping: asyncio.Event,
-        *,
-        keyspace: Keyspace,
-    ) -> None:
+    def __init__(self, context: StageContext, queue: ReliableQueue) -> None:
+        """`queue`: the detection_queue the accepted images go to."""
+        paths, config = context.config.paths, context.config.watcher
+        pool, keyspace = context.pool, context.keyspace
         self._root = Path(os.path.abspath(paths.camera_root))
         self._keyspace = keyspace
         self._config = config
-        self._dedupe_ttl = dedupe.ttl_seconds
+        self._dedupe_ttl = context.config.dedupe.ttl_seconds
         self._pool = pool
-        self._redis = redis
+        self._redis = context.redis
         self._queue = queue
-        self._stopping = stopping
+        self._stopping = context.stopping
         self._tracker = SettleTracker(config)
         self._tracked = asyncio.Event()  # set when a file starts being tracked
         self._statuses = CameraStatusMonitor(pool, config.offline_after_minutes)
@@ -384,9 +374,10 @@ class Watcher:
         if self._config.offline_after_minutes:
             quarter = self._config.offline_after_minutes * 60 / 4
             interval = min(interval, max(CHECK_INTERVAL_SECONDS, quarter))
-        while not self._stopping.is_set():
-            await self._statuses.check()
-            await self._pause(interval)
+        await run_duty("camera_status", self._check_statuses, interval, self._stopping)
+
+    async def _check_statuses(self) -> None:
+        await self._statuses.check()
 
     # --- Redis restarted empty ----------------------------------------------------------------
 
@@ -394,11 +385,14 @@ class Watcher:
         """When Redis comes back empty, the queued images and their dedupe claims are gone:
         the folders are scanned again as at start-up, so what was accepted is queued again.
         (An outage that crashed this stage is followed by that scan anyway, at its restart.)"""
-        while not await self._pause(RECONCILE_CHECK_SECONDS):
-            if await state_lost(self._redis, self._reconciled):
-                log.warning("redis_state_lost", duty="watch", action="rescanning folders")
-                self._tracker.forget_taken()
-                await self._track_existing([self._root])
+        await run_duty("watch_reconcile", self._reconcile, RECONCILE_CHECK_SECONDS,
+                       self._stopping)
+
+    async def _reconcile(self) -> None:
+        if await state_lost(self._redis, self._reconciled):
+            log.warning("redis_state_lost", duty="watch", action="rescanning folders")
+            self._tracker.forget_taken()
+            await self._track_existing([self._root])
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep up to `seconds`; True (at once) when the daemon is stopping."""

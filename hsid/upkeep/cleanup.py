@@ -20,15 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 import structlog
 
 from hsid.core.config import PathsConfig, RetentionConfig
+from hsid.core.constants import SNAPSHOTS_DIR
+from hsid.core.context import StageContext
 from hsid.core.duty import run_duty
 from hsid.core.errors import STORE_ERRORS
-from hsid.core.keyspace import Keyspace
 from hsid.core.locks import singleton_lock
-from hsid.pipeline.snapshots import SNAPSHOTS_DIR
 
 log = structlog.get_logger(__name__)
 
@@ -322,16 +321,14 @@ class CleanupService:
     """Stage: runs the cleanup every day at retention.cleanup_time (the site's local time)
     in the one process that takes lock:cleanup; a run that fails on a store is retried."""
 
-    def __init__(self, retention: RetentionConfig, paths: PathsConfig, pool: asyncpg.Pool,
-                 redis: aioredis.Redis, stopping: asyncio.Event | None = None, *,
-                 keyspace: Keyspace, zone: tzinfo | None = None) -> None:
+    def __init__(self, context: StageContext, *, zone: tzinfo | None = None) -> None:
         self._zone = zone  # the site's; None: the system's
-        self._retention = retention
-        self._keyspace = keyspace
-        self._paths = paths
-        self._pool = pool
-        self._redis = redis
-        self._stopping = stopping or asyncio.Event()
+        self._retention = context.config.retention
+        self._keyspace = context.keyspace
+        self._paths = context.config.paths
+        self._pool = context.pool
+        self._redis = context.redis
+        self._stopping = context.stopping
 
     async def run(self) -> None:
         self._due = self._scheduled(next_cleanup(self._retention.cleanup_time,

@@ -54,7 +54,7 @@ STANDARD_LEVELS = ((50, "CRITICAL"), (40, "ERROR"), (30, "WARNING"), (20, "INFO"
 
 # Context keys with a column of their own; a value that does not fit goes to `extra`.
 STRING_COLUMNS = {"camera_id": 100, "request_id": 36}
-INTEGER_COLUMNS: dict[str, tuple[type, ...]] = {
+INTEGER_COLUMNS: dict[str, tuple[type[int] | type[float], ...]] = {
     "event_id": (int,), "detection_id": (int,), "duration_ms": (int, float),
 }
 
@@ -268,7 +268,8 @@ def _string_column(extra: dict[str, Any], key: str, limit: int) -> str | None:
     return None
 
 
-def _integer_column(extra: dict[str, Any], key: str, types: tuple[type, ...]) -> int | None:
+def _integer_column(extra: dict[str, Any], key: str,
+                    types: tuple[type[int] | type[float], ...]) -> int | None:
     value = extra.get(key)
     if isinstance(value, bool) or not isinstance(value, types):
         return None

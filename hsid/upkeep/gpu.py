@@ -8,15 +8,13 @@ from collections.abc import Callable
 from dataclasses import asdict, astuple, dataclass
 from typing import TypeVar
 
-import asyncpg
 import pynvml
 import structlog
 from prometheus_client import Gauge
 
 from hsid.core import metrics
-from hsid.core.config import GpuConfig
+from hsid.core.context import StageContext
 from hsid.core.duty import run_duty
-from hsid.core.health import Health
 
 log = structlog.get_logger(__name__)
 
@@ -111,16 +109,15 @@ class GpuMonitor:
     so that a CPU-only home server is a normal, quiet configuration rather than an error.
     """
 
-    def __init__(self, config: GpuConfig, pool: asyncpg.Pool, health: Health,
-                 fps: Callable[[], float | None], stopping: asyncio.Event | None = None,
-                 *, sampler: Callable[[], GpuSample | None] = sample_gpu) -> None:
-        """`fps` reports the detector's current throughput; `stopping` ends `run`;
-        `sampler` is the GPU (tests stand a fake GPU in for a machine without one)."""
-        self._config = config
-        self._pool = pool
-        self._health = health
+    def __init__(self, context: StageContext, fps: Callable[[], float | None], *,
+                 sampler: Callable[[], GpuSample | None] = sample_gpu) -> None:
+        """`fps` reports the detector's current throughput; `sampler` is the GPU (tests
+        stand a fake GPU in for a machine without one)."""
+        self._config = context.config.gpu
+        self._pool = context.pool
+        self._health = context.health
         self._fps = fps
-        self._stopping = stopping or asyncio.Event()
+        self._stopping = context.stopping
         self._sample = sampler
         self._first: GpuSample | None = None
 

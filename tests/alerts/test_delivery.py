@@ -26,6 +26,7 @@ from hsid.alerts.channels import AlertChannels
 from hsid.alerts.delivery import SELECT_DUE_ALERTS, AlertDelivery
 from hsid.core import metrics
 from hsid.core.config import Config
+from hsid.core.context import StageContext
 from hsid.core.keyspace import Keyspace
 from hsid.imaging.annotate import CLASS_COLOURS
 from hsid.imaging.evidence import Evidence
@@ -103,12 +104,12 @@ async def start_notifier(db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keys
     def start(pool: asyncpg.Pool = db, client: aioredis.Redis = redis, *,
               public_url: str | None = None, **overrides: Any) -> asyncio.Task[None]:
         """With public_url (even ""), the channels find pictures, as the daemon's do."""
-        section = config.with_overrides({"alerts": {**FAST, **overrides}}).alerts
+        overridden = config.with_overrides({"alerts": {**FAST, **overrides}})
         channels = None if public_url is None else (lambda: AlertChannels(
-            section, evidence=Evidence(pool, config.paths, config.detector.max_pixels),
+            overridden.alerts, evidence=Evidence(pool, config.paths, config.detector.max_pixels),
             public_url=public_url, zone=UTC))
-        notifier = AlertDelivery(section, pool, client, stopping, keyspace=keyspace,
-                            channels=channels)
+        notifier = AlertDelivery(StageContext(overridden, pool, client, keyspace,
+                                              stopping=stopping), channels=channels)
         tasks.append(asyncio.create_task(notifier.run()))
         return tasks[-1]
 

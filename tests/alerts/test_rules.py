@@ -29,6 +29,7 @@ from hsid.alerts.rules import (
 from hsid.analysis.llm import RiskScorer
 from hsid.analysis.prompts import seed_default_prompt
 from hsid.core.config import AlertsConfig, Config
+from hsid.core.context import StageContext
 from hsid.core.keyspace import Keyspace
 from hsid.core.queues import ReliableQueue
 from hsid.pipeline.analyze_worker import AnalyzeWorker
@@ -280,8 +281,8 @@ async def analysis(config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keys
     queue = ReliableQueue(redis, "analysis_queue", "test-alerts", config.queues,
                           keyspace=keyspace)
     stopping = asyncio.Event()
-    task = asyncio.create_task(AnalyzeWorker(config, db, redis, queue, scorer, stopping,
-                                             keyspace=keyspace).run())
+    task = asyncio.create_task(AnalyzeWorker(
+        StageContext(config, db, redis, keyspace, stopping=stopping), queue, scorer).run())
     yield queue
     stopping.set()
     await asyncio.wait_for(task, 10)

@@ -20,6 +20,7 @@ from hsid.analysis.baselines import (
 )
 from hsid.analysis.llm import build_prompt
 from hsid.core.config import BaselinesConfig, Config
+from hsid.core.context import StageContext
 from hsid.core.keyspace import Keyspace
 from hsid.pipeline.analyze_worker import batch_context
 from tests.support import eventually
@@ -158,8 +159,8 @@ async def test_the_service_keeps_baselines_up_to_date(
     db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace, camera: str,
 ) -> None:
     stopping = asyncio.Event()
-    task = asyncio.create_task(BaselineService(CONFIG, db, redis, stopping,
-                                               keyspace=keyspace).run())
+    context = StageContext(Config(baselines=CONFIG), db, redis, keyspace, stopping=stopping)
+    task = asyncio.create_task(BaselineService(context).run())
     try:
         taken = await eventually(lambda: db.fetchval(
             "SELECT sum(sample_count) FROM activity_baselines"), what="baselines")

@@ -7,12 +7,10 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from hsid.api import metrics as metrics_http
-from hsid.api.keys import RUNTIME
+from hsid.api.server import build_app
 from hsid.core import metrics
 from hsid.core.config import Config
 from hsid.core.constants import DETECTION_QUEUE
@@ -21,10 +19,7 @@ from hsid.core.runtime import Runtime
 
 
 async def client_for(runtime: Runtime) -> TestClient:
-    app = web.Application()
-    app[RUNTIME] = runtime
-    app.add_routes(metrics_http.routes)
-    return TestClient(TestServer(app))
+    return TestClient(TestServer(build_app(runtime)))
 
 
 @pytest.fixture

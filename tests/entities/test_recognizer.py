@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
 from hsid.core.config import Config
+from hsid.core.context import StageContext
 from hsid.core.errors import TransientError
 from hsid.core.keyspace import Keyspace
 from hsid.core.queues import ReliableQueue
@@ -69,9 +70,8 @@ async def start_worker(config: Config, db: asyncpg.Pool, redis: aioredis.Redis,
                           keyspace=keyspace)
     stopping = asyncio.Event()
     recognizer = EntityRecognizer(config.entities, db, embedders)
-    worker = DetectWorker(config, db, redis, queue, detector,
-                          Batcher(config.batch, redis, keyspace), stopping, keyspace=keyspace,
-                          entities=recognizer)
+    worker = DetectWorker(StageContext(config, db, redis, keyspace, stopping=stopping), queue,
+                          detector, Batcher(config.batch, redis, keyspace), entities=recognizer)
     return queue, stopping, asyncio.create_task(worker.run())
 
 

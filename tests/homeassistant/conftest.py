@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from hsid.core.config import Config
+from hsid.core.context import StageContext
 from hsid.core.keyspace import Keyspace
 from hsid.homeassistant.link import MqttLink
 from hsid.homeassistant.publisher import HomeAssistantPublisher
@@ -114,7 +115,7 @@ async def start_publisher(ha_config: Config, db: asyncpg.Pool, redis: aioredis.R
     def start() -> Running:
         stopping, link = asyncio.Event(), MqttLink(ha_config.mqtt)
         publisher = HomeAssistantPublisher(
-            ha_config, db, redis, stopping, keyspace=keyspace, link=link,
+            StageContext(ha_config, db, redis, keyspace, stopping=stopping), link=link,
             evidence=Evidence(db, ha_config.paths, ha_config.detector.max_pixels))
         started.append(Running(stopping, asyncio.create_task(publisher.run()), link))
         return started[-1]

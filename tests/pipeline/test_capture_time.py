@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from hsid.analysis.llm import RiskScorer
 from hsid.analysis.prompts import seed_default_prompt
 from hsid.core.config import Config
+from hsid.core.context import StageContext
 from hsid.core.keyspace import Keyspace
 from hsid.core.queues import ReliableQueue
 from hsid.model_files.tiny_detector import write_tiny_detector
@@ -283,12 +284,11 @@ async def pipeline(night_config: Config, db: asyncpg.Pool, redis: aioredis.Redis
                              keyspace=keyspace)
     batcher = Batcher(night_config.batch, redis, keyspace)
     stopping = asyncio.Event()
+    context = StageContext(night_config, db, redis, keyspace, stopping=stopping)
     tasks = [asyncio.create_task(stage.run()) for stage in (
-        DetectWorker(night_config, db, redis, detections, detector, batcher, stopping,
-                     keyspace=keyspace),
-        BatchSweeper(batcher, night_config.batch, stopping, pool=db, redis=redis,
-                     keyspace=keyspace, lookback_hours=1),
-        AnalyzeWorker(night_config, db, redis, analyses, scorer, stopping, keyspace=keyspace),
+        DetectWorker(context, detections, detector, batcher),
+        BatchSweeper(context, batcher),
+        AnalyzeWorker(context, analyses, scorer),
     )]
     yield detections
     stopping.set()

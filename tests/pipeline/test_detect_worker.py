@@ -6,6 +6,8 @@ import asyncio
 import errno
 import json
 import subprocess
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +21,7 @@ from structlog.testing import capture_logs
 
 from hsid.core import metrics
 from hsid.core.config import Config
+from hsid.core.context import StageContext
 from hsid.core.keyspace import Keyspace
 from hsid.core.queues import ReliableQueue
 from hsid.model_files.tiny_detector import write_tiny_detector
@@ -65,9 +68,8 @@ async def running_worker(
     queue = ReliableQueue(redis, "detection_queue", "test-detect", worker_config.queues,
                           keyspace=keyspace)
     stopping = asyncio.Event()
-    worker = DetectWorker(worker_config, db, redis, queue, detector,
-                          Batcher(worker_config.batch, redis, keyspace), stopping,
-                          keyspace=keyspace)
+    worker = DetectWorker(StageContext(worker_config, db, redis, keyspace, stopping=stopping),
+                          queue, detector, Batcher(worker_config.batch, redis, keyspace))
     task = asyncio.create_task(worker.run())
     yield queue
     stopping.set()
@@ -358,9 +360,164 @@ async def test_jobs_in_flight_at_a_crash_are_inferred_alone_and_the_rest_togethe
         await queue.push({**item(image), **({"crash_count": 1} if n < 2 else {})})
     stopping = asyncio.Event()
     task = asyncio.create_task(DetectWorker(
-        worker_config, db, redis, queue, detector, Batcher(worker_config.batch, redis, keyspace),
-        stopping, keyspace=keyspace).run())
+        StageContext(worker_config, db, redis, keyspace, stopping=stopping), queue, detector,
+        Batcher(worker_config.batch, redis, keyspace)).run())
     await eventually(lambda: _rows_when(db, 4))
     stopping.set()
     await asyncio.wait_for(task, 10)
     assert detector.calls == [1, 1, 2]  # batch_size 2
+
+
+# --- The pipeline: decoding, inference and storing of successive batches overlap -------------
+
+
+class Paced(Detector):
+    """The real detector, `delay` s slower a call, so the worker's steps overlap; from call
+    `hold_from` on, each call waits for `gate` first (a model stuck in a batch)."""
+
+    def __init__(self, *args: Any, delay: float = 0.05, hold_from: int | None = None) -> None:
+        super().__init__(*args)
+        self.delay, self.hold_from = delay, hold_from
+        self.gate = threading.Event()
+        self.calls = 0
+
+    def infer(self, images: list[DecodedImage]) -> list[list[ObjectDetection]]:
+        self.calls += 1
+        if self.hold_from is not None and self.calls >= self.hold_from:
+            self.gate.wait(30)
+        time.sleep(self.delay)
+        return super().infer(images)
+
+
+async def _paced_worker(config: Config, db: asyncpg.Pool, redis: aioredis.Redis,
+                        keyspace: Keyspace, **pace: Any,
+                        ) -> tuple[Paced, ReliableQueue, asyncio.Event, DetectWorker]:
+    detector = Paced(config.detector, config.paths.state_dir / "engines", **pace)
+    await asyncio.to_thread(detector.load)
+    queue = ReliableQueue(redis, "detection_queue", "test-detect", config.queues,
+                          keyspace=keyspace)
+    stopping = asyncio.Event()
+    worker = DetectWorker(StageContext(config, db, redis, keyspace, stopping=stopping), queue,
+                          detector, Batcher(config.batch, redis, keyspace))
+    return detector, queue, stopping, worker
+
+
+def _car(folder: Path, n: int) -> Path:
+    """A snapshot of its own (one car, placed by `n`)."""
+    return snapshot(folder / f"{n:02d}.jpg", [((10 + 30 * n, 10, 300 + 30 * n, 300), BLUE)])
+
+
+async def _stored_paths(db: asyncpg.Pool) -> set[str]:
+    return {r["file_path"] for r in await db.fetch(
+        "SELECT file_path FROM snapshots WHERE outcome = 'processed'")}
+
+
+async def test_a_cameras_images_are_stored_in_arrival_order_across_overlapping_batches(
+    worker_config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    camera: Path, camera_root: Path,
+) -> None:
+    other = camera_root / "back_yard"
+    other.mkdir()
+    await db.execute("INSERT INTO cameras (id, name, folder_path) VALUES ($1, $1, $2)",
+                     "back_yard", str(other))
+    config = worker_config.with_overrides({"detector": {"batch_size": 3}})
+    _, queue, stopping, worker = await _paced_worker(config, db, redis, keyspace)
+    pushed: dict[str, list[str]] = {CAMERA: [], "back_yard": []}
+    for n in range(16):  # interleaved, two cameras
+        name, folder = (CAMERA, camera) if n % 3 else ("back_yard", other)
+        path = _car(folder, n)
+        await queue.push(item(path, camera=name))
+        pushed[name].append(str(path))
+    task = asyncio.create_task(worker.run())
+    in_flight = 0
+    while len(await _stored_paths(db)) < 16:  # how many jobs the steps hold at once
+        in_flight = max(in_flight, int(await redis.llen(queue.processing_key)))
+        await asyncio.sleep(0.005)
+    stopping.set()
+    await asyncio.wait_for(task, 10)
+    assert in_flight > 3  # more than one batch of 3 was in hand: the steps overlapped
+    for name, paths in pushed.items():
+        stored = [r["file_path"] for r in await db.fetch(
+            "SELECT file_path FROM detections WHERE camera_id = $1 ORDER BY id", name)]
+        assert stored == paths
+    assert await redis.llen(queue.processing_key) == 0
+
+
+@pytest.mark.parametrize("how", ["cancelled", "stopped"])
+async def test_jobs_in_the_pipeline_at_a_stop_are_returned_or_finished_never_lost_or_doubled(
+    how: str, worker_config: Config, db: asyncpg.Pool, redis: aioredis.Redis,
+    keyspace: Keyspace, camera: Path,
+) -> None:
+    detector, queue, stopping, worker = await _paced_worker(
+        worker_config, db, redis, keyspace, hold_from=3)  # batch_size 2
+    paths = [str(_car(camera, n)) for n in range(10)]
+    for path in paths:
+        await queue.push(item(Path(path)))
+    task = asyncio.create_task(worker.run())
+    # The first two batches go through; the third is stuck in the model while the fourth
+    # waits decoded: six jobs in hand at most, two stored at least.
+    await eventually(lambda: detector.calls >= 3)
+    await eventually(lambda: _stored_when(db, 2))
+    await eventually(lambda: _processing_at_least(redis, queue, 4))
+    if how == "cancelled":  # a crash of the stage, or SIGTERM's grace run out
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        detector.gate.set()
+    else:  # SIGTERM: what is in hand is finished, nothing more is taken
+        stopping.set()
+        detector.gate.set()
+        await asyncio.wait_for(task, 10)
+    assert await redis.llen(queue.processing_key) == 0
+    queued = [json.loads(raw)["file_path"]
+              for raw in await redis.lrange(queue.key, 0, -1)]
+    stored = await _stored_paths(db)
+    assert not stored & set(queued)  # nothing both stored and queued again
+    assert sorted(stored | set(queued)) == paths  # nothing lost
+    assert queued == [p for p in paths if p not in stored]  # in their order, at the head
+    if how == "stopped":
+        assert len(stored) >= 8  # the batches in hand were finished, not returned
+    # A new run does the rest, each snapshot once.
+    _, _, stopping, worker = await _paced_worker(worker_config, db, redis, keyspace)
+    task = asyncio.create_task(worker.run())
+    await eventually(lambda: _stored_when(db, 10))
+    stopping.set()
+    await asyncio.wait_for(task, 10)
+    counts = await db.fetch("SELECT file_path, count(*) AS n FROM detections GROUP BY file_path")
+    assert sorted(r["file_path"] for r in counts) == paths
+    assert {r["n"] for r in counts} == {1}
+    assert await redis.llen(keyspace.dlq("detection_queue")) == 0
+
+
+async def _stored_when(db: asyncpg.Pool, count: int) -> set[str] | None:
+    stored = await _stored_paths(db)
+    return stored if len(stored) >= count else None
+
+
+async def _processing_at_least(redis: aioredis.Redis, queue: ReliableQueue, count: int) -> bool:
+    return int(await redis.llen(queue.processing_key)) >= count
+
+
+async def test_a_bad_image_amid_a_pipelined_stream_is_dead_lettered_and_the_rest_stored(
+    worker_config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+    camera: Path,
+) -> None:
+    _, queue, stopping, worker = await _paced_worker(worker_config, db, redis, keyspace)
+    paths = [_car(camera, n) for n in range(7)]
+    bad = camera / "03.jpg"  # the middle one of a batch of two: not an image
+    bad.write_text("this is not an image\n")
+    for path in paths:
+        await queue.push(item(path))
+    task = asyncio.create_task(worker.run())
+    [entry] = await eventually(lambda: _dlq_when(redis, keyspace, 1))
+    await eventually(lambda: _stored_when(db, 6))
+    stopping.set()
+    await asyncio.wait_for(task, 10)
+    assert entry["original_job"]["file_path"] == str(bad)
+    assert entry["attempt_count"] == 1 and entry["error"]
+    assert await _stored_paths(db) == {str(p) for p in paths if p != bad}
+    stored = [r["file_path"] for r in await db.fetch("SELECT file_path FROM detections "
+                                                      "ORDER BY id")]
+    assert stored == [str(p) for p in paths if p != bad]
+    assert await redis.llen(keyspace.dlq("detection_queue")) == 1
+    assert await redis.llen(queue.processing_key) == 0

@@ -19,6 +19,7 @@ from hsid.analysis.prompts import seed_default_prompt
 from hsid.core import metrics
 from hsid.core.config import Config
 from hsid.core.constants import ANALYSIS_QUEUE
+from hsid.core.context import StageContext
 from hsid.core.keyspace import Keyspace
 from hsid.pipeline.analyze_worker import AnalyzeWorker
 from hsid.pipeline.batcher import Batcher, BatchSweeper, NewDetection
@@ -60,11 +61,10 @@ async def _run_stages(config: Config, db: asyncpg.Pool, redis: aioredis.Redis,
     scorer = RiskScorer(config.analyzer)  # rule-based scoring unless a model is configured
     await scorer.load()
     batcher = Batcher(config.batch, redis, keyspace)
+    context = StageContext(config, db, redis, keyspace, stopping=stopping)
     return [asyncio.create_task(stage.run()) for stage in (
-        BatchSweeper(batcher, config.batch, stopping, pool=db, redis=redis, keyspace=keyspace,
-                     lookback_hours=1),
-        AnalyzeWorker(config, db, redis, _queue(config, redis, keyspace), scorer, stopping,
-                      keyspace=keyspace),
+        BatchSweeper(context, batcher),
+        AnalyzeWorker(context, _queue(config, redis, keyspace), scorer),
     )]
 
 

@@ -18,6 +18,7 @@ from hsid.analysis.llm import RiskScorer
 from hsid.analysis.prompts import seed_default_prompt
 from hsid.core import constants
 from hsid.core.config import Config
+from hsid.core.context import StageContext
 from hsid.core.keyspace import Keyspace
 from hsid.core.queues import ReliableQueue
 from hsid.pipeline.analyze_worker import AnalyzeWorker
@@ -48,13 +49,9 @@ async def pipeline(batch_config: Config, db: asyncpg.Pool, redis: aioredis.Redis
     queue = ReliableQueue(redis, "analysis_queue", "test-orphans", batch_config.queues,
                           keyspace=keyspace)
     stopping = asyncio.Event()
-    tasks = [
-        asyncio.create_task(BatchSweeper(
-            batcher, batch_config.batch, stopping, pool=db, redis=redis, keyspace=keyspace,
-            lookback_hours=batch_config.watcher.startup_lookback_hours).run()),
-        asyncio.create_task(AnalyzeWorker(batch_config, db, redis, queue, scorer, stopping,
-                                          keyspace=keyspace).run()),
-    ]
+    context = StageContext(batch_config, db, redis, keyspace, stopping=stopping)
+    tasks = [asyncio.create_task(BatchSweeper(context, batcher).run()),
+             asyncio.create_task(AnalyzeWorker(context, queue, scorer).run())]
     yield batcher
     stopping.set()
     await asyncio.wait_for(asyncio.gather(*tasks), 10)

@@ -15,14 +15,15 @@ import pytest
 import redis.asyncio as aioredis
 
 from hsid.core.config import Config
-from hsid.core.constants import DETECTION_QUEUE
+from hsid.core.constants import DETECTION_QUEUE, SNAPSHOTS_DIR
+from hsid.core.context import StageContext
 from hsid.core.keyspace import Keyspace
 from hsid.core.queues import ReliableQueue
 from hsid.model_files.tiny_detector import write_tiny_detector
 from hsid.pipeline.batcher import Batcher
 from hsid.pipeline.detect_worker import DetectWorker
 from hsid.pipeline.detector import Detector
-from hsid.pipeline.snapshots import SNAPSHOTS_DIR, copy_path
+from hsid.pipeline.snapshots import copy_path
 from hsid.pipeline.watcher import Watcher
 from tests.pipeline.samples import FAST_SETTLE, snapshot
 from tests.support import eventually
@@ -56,12 +57,10 @@ async def running(config: Config, db: asyncpg.Pool, redis: aioredis.Redis,
     keyspace = Keyspace.from_config(config.redis)
     stopping = asyncio.Event()
     queue = ReliableQueue(redis, DETECTION_QUEUE, "test", config.queues, keyspace=keyspace)
-    stages = [Watcher(config.paths, config.watcher, config.dedupe, db, redis, queue, stopping,
-                      keyspace=keyspace)]
+    stages = [Watcher(StageContext(config, db, redis, keyspace, stopping=stopping), queue)]
     if detector is not None:
-        stages.append(DetectWorker(config, db, redis, queue, detector,
-                                   Batcher(config.batch, redis, keyspace), stopping,
-                                   keyspace=keyspace))
+        stages.append(DetectWorker(StageContext(config, db, redis, keyspace, stopping=stopping),
+                                   queue, detector, Batcher(config.batch, redis, keyspace)))
     tasks = [asyncio.create_task(stage.run()) for stage in stages]
     try:
         yield queue

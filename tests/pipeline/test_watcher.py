@@ -22,6 +22,7 @@ from structlog.testing import capture_logs
 from hsid.cameras.registry import camera_ids
 from hsid.core.config import Config, load_config
 from hsid.core.constants import DETECTION_QUEUE
+from hsid.core.context import StageContext
 from hsid.core.db import create_pool
 from hsid.core.keyspace import Keyspace
 from hsid.core.metrics import REGISTRY
@@ -71,8 +72,7 @@ async def running_watcher(
     stopping = asyncio.Event()
     keyspace = Keyspace.from_config(config.redis)  # the run's prefix, as the daemon builds it
     queue = ReliableQueue(redis, DETECTION_QUEUE, "test", config.queues, keyspace=keyspace)
-    stage = Watcher(config.paths, config.watcher, config.dedupe, db, redis, queue, stopping,
-                    keyspace=keyspace)
+    stage = Watcher(StageContext(config, db, redis, keyspace, stopping=stopping), queue)
     task = asyncio.create_task(stage.run())
     try:
         yield Running(task, redis, keyspace)
@@ -390,8 +390,7 @@ async def test_watcher_crash_never_sets_the_daemon_stop_flag(
     await broken.close()  # every query now raises, as with the database gone
     stopping = asyncio.Event()
     queue = ReliableQueue(redis, DETECTION_QUEUE, "test", config.queues, keyspace=keyspace)
-    stage = Watcher(config.paths, config.watcher, config.dedupe, broken, redis, queue, stopping,
-                    keyspace=keyspace)
+    stage = Watcher(StageContext(config, broken, redis, keyspace, stopping=stopping), queue)
 
     with pytest.raises(ExceptionGroup) as crash:
         await asyncio.wait_for(stage.run(), 5)

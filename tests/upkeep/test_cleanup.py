@@ -14,18 +14,16 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
-from hsid.api import cleanup as cleanup_http
-from hsid.api.keys import RUNTIME
-from hsid.api.middleware import error_middleware
+from hsid.api.server import build_app
 from hsid.commands.cleanup import cleanup_command
 from hsid.core.config import Config, PathsConfig, RetentionConfig
+from hsid.core.constants import SNAPSHOTS_DIR
+from hsid.core.context import StageContext
 from hsid.core.keyspace import Keyspace
 from hsid.core.runtime import Runtime
-from hsid.pipeline.snapshots import SNAPSHOTS_DIR
 from hsid.upkeep.cleanup import (
     CleanupService,
     next_cleanup,
@@ -296,8 +294,8 @@ async def test_service_runs_only_in_the_process_holding_the_lock(
     db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
     seeded: Seeded, camera_root: Path, state_dir: Path
 ) -> None:
-    service = CleanupService(RETENTION, _paths(camera_root, state_dir), db, redis,
-                             keyspace=keyspace)
+    service = CleanupService(StageContext(
+        Config(retention=RETENTION, paths=_paths(camera_root, state_dir)), db, redis, keyspace))
     await redis.set(keyspace.lock("cleanup"), "another-process", ex=30)
 
     assert await service.run_once() is None
@@ -324,9 +322,7 @@ async def test_cleanup_command_prints_the_statistics(
 @pytest.fixture
 async def cleanup_client(db: asyncpg.Pool, redis: aioredis.Redis,
                          config: Config) -> AsyncIterator[TestClient]:
-    app = web.Application(middlewares=[error_middleware])
-    app[RUNTIME] = Runtime(config=config, stages=frozenset(), pool=db, redis=redis)
-    app.add_routes(cleanup_http.routes)
+    app = build_app(Runtime(config=config, stages=frozenset({"api"}), pool=db, redis=redis))
     async with TestClient(TestServer(app)) as client:
         yield client
 

@@ -7,10 +7,13 @@ from dataclasses import replace
 
 import asyncpg
 import pytest
+import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
-from hsid.core.config import GpuConfig
+from hsid.core.config import Config, GpuConfig
+from hsid.core.context import StageContext
 from hsid.core.health import Health
+from hsid.core.keyspace import Keyspace
 from hsid.core.metrics import REGISTRY
 from hsid.core.nvml import gpu_names
 from hsid.upkeep.gpu import GpuMonitor, GpuSample, sample_gpu
@@ -35,9 +38,10 @@ def test_sample_names_the_gpu() -> None:
 
 
 @pytest.mark.skipif(HAS_GPU, reason="this machine has an NVIDIA GPU")
-async def test_monitor_without_a_gpu_says_so_once_and_stores_nothing(db: asyncpg.Pool) -> None:
+async def test_monitor_without_a_gpu_says_so_once_and_stores_nothing(
+        db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace) -> None:
     health, stopping = Health(), asyncio.Event()
-    monitor = GpuMonitor(GpuConfig(poll_seconds=0.5), db, health, lambda: 2.0, stopping)
+    monitor = GpuMonitor(_context(db, redis, keyspace, health, stopping), lambda: 2.0)
 
     with capture_logs() as logs:
         task = asyncio.create_task(monitor.run())
@@ -56,9 +60,10 @@ async def test_monitor_without_a_gpu_says_so_once_and_stores_nothing(db: asyncpg
 
 
 @pytest.mark.skipif(not HAS_GPU, reason="no NVIDIA GPU on this machine")
-async def test_monitor_with_a_gpu_stores_samples(db: asyncpg.Pool) -> None:
+async def test_monitor_with_a_gpu_stores_samples(
+        db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace) -> None:
     health, stopping = Health(), asyncio.Event()
-    monitor = GpuMonitor(GpuConfig(poll_seconds=0.5), db, health, lambda: 2.0, stopping)
+    monitor = GpuMonitor(_context(db, redis, keyspace, health, stopping), lambda: 2.0)
 
     task = asyncio.create_task(monitor.run())
     await asyncio.sleep(1.2)
@@ -70,11 +75,12 @@ async def test_monitor_with_a_gpu_stores_samples(db: asyncpg.Pool) -> None:
     assert isinstance(health.info["gpu"], dict)
 
 
-async def test_monitor_stores_each_sample_of_a_gpu_and_sets_the_gauges(db: asyncpg.Pool) -> None:
+async def test_monitor_stores_each_sample_of_a_gpu_and_sets_the_gauges(
+        db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace) -> None:
     """The GPU path on any machine: a fake GPU stands in for NVML at the edge."""
     health, stopping = Health(), asyncio.Event()
     readings = iter([FAKE_SAMPLE, replace(FAKE_SAMPLE, power_usage=None)])
-    monitor = GpuMonitor(GpuConfig(poll_seconds=0.5), db, health, lambda: 7.5, stopping,
+    monitor = GpuMonitor(_context(db, redis, keyspace, health, stopping), lambda: 7.5,
                          sampler=lambda: next(readings, FAKE_SAMPLE))
 
     task = asyncio.create_task(monitor.run())
@@ -96,3 +102,9 @@ async def test_monitor_stores_each_sample_of_a_gpu_and_sets_the_gauges(db: async
     assert health.info["gpu"]["gpu_name"] == "Fake RTX"
     assert REGISTRY.get_sample_value("hsid_gpu_memory_used_mb") == 2048
     assert REGISTRY.get_sample_value("hsid_gpu_utilization_percent") == 42.0
+
+
+def _context(db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace, health: Health,
+             stopping: asyncio.Event) -> StageContext:
+    return StageContext(Config(gpu=GpuConfig(poll_seconds=0.5)), db, redis, keyspace,
+                        health=health, stopping=stopping)
