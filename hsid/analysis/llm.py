@@ -1,5 +1,5 @@
 """Risk analysis of a batch of detections: the local LLM under a grammar and a deadline, with the
-rule-based scorer (rules.py) standing in whenever the LLM cannot answer."""
+rule-based scorer (fallback.py) standing in whenever the LLM cannot answer."""
 
 from __future__ import annotations
 

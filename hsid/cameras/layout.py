@@ -29,7 +29,7 @@ PATTERN = "pattern"  # the `camera` group of watcher.camera_pattern
 ROOT = "root"  # a file straight in the camera root: watcher.root_camera
 
 # Reasons a file is not taken, as counted in hsid_files_ignored_total{reason}; the watcher
-# adds the refusals of refusal() in cameras.py (symlink, outside_camera_root, ...).
+# adds the refusals of refusal() in registry.py (symlink, outside_camera_root, ...).
 NOT_AN_IMAGE = "not_an_image"
 TEMPORARY_NAME = "temporary_name"  # matches watcher.temp_patterns: an upload in progress
 HIDDEN_FOLDER = "hidden_folder"  # where some FTP servers stage uploads

@@ -71,4 +71,4 @@ STAGE_LATENCY = Histogram(
     registry=REGISTRY)
 # Steps: decode, inference, database, thumbnails (an image's crops, written), llm,
 # upload_to_event (file complete -> event committed), embedding (model time per person or
-# vehicle crop, entities/recognizer.py).
+# vehicle crop, pipeline/recognizer.py).

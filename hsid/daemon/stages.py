@@ -22,7 +22,7 @@ from hsid.core.queues import ReliableQueue
 from hsid.core.runtime import Runtime
 
 if TYPE_CHECKING:
-    from hsid.entities.recognizer import EntityRecognizer
+    from hsid.pipeline.recognizer import EntityRecognizer
 
 log = structlog.get_logger(__name__)
 
@@ -107,7 +107,7 @@ async def _entity_recognizer(runtime: Runtime) -> EntityRecognizer | None:
     model can't be used: entities are best effort, so that is an error line and health
     says why, not a daemon that won't start."""
     from hsid.core.errors import ConfigError
-    from hsid.entities.recognizer import EntityRecognizer, load_embedders
+    from hsid.pipeline.recognizer import EntityRecognizer, load_embedders
 
     config = runtime.config
     if not config.entities.model:

@@ -5,7 +5,7 @@ any), its trust status, and how often it was seen that local day (the site's tim
 on which cameras and since when, phrased for the prompt: "Person 1 (unknown, not marked):
 seen 5 times today on 3 cameras (Front Door, Garage, Back Door), first at 07:10."
 
-Entities are made after the detections are batched (entities/recognizer.py), so a batch
+Entities are made after the detections are batched (pipeline/recognizer.py), so a batch
 analysed at once (the fast path) may come before its entities: the analyzer waits for
 them until `entities.wait_seconds` after the newest detection was stored, polling, and
 goes on without those still missing. A batch analysed later (a batch window closing, a

@@ -1,7 +1,7 @@
 """Entities: the same person or vehicle recognised across snapshots and cameras by appearance.
 
 Each person or vehicle detection brings an L2-normalised appearance embedding (made by the
-detect worker after its detections are stored and batched, entities/recognizer.py). It is
+detect worker after its detections are stored and batched, pipeline/recognizer.py). It is
 compared by cosine similarity with the entities of its type (person, vehicle) seen within
 `window_hours` of it. The best one at or above the threshold is the same entity: its
 last_seen_at and detection_count move on, and its embedding_vector becomes the normalised

@@ -29,7 +29,7 @@ recorded and inserts nothing, but batches again those of its detections that no 
 its first run may have died before batching them. One already waiting in a batch is then
 batched twice, and the analyze worker keeps it out of the second event.
 
-Person and vehicle detections are recognised as entities (entities/recognizer.py) once
+Person and vehicle detections are recognised as entities (pipeline/recognizer.py) once
 every image of the inference batch is stored and batched: the crops of all of them are
 embedded in one model call, in a thread, and a failure costs only the entities. A job run
 twice stores nothing new, so recognises nothing again; a detection is linked to one entity
@@ -80,7 +80,6 @@ from hsid.core.messages import (
 )
 from hsid.core.queues import Job, ReliableQueue, as_bytes, process_with_retries
 from hsid.core.runtime import honour_cancellation
-from hsid.entities.recognizer import Candidate, EntityRecognizer
 from hsid.pipeline.batcher import Batcher, NewDetection
 from hsid.pipeline.capture_time import Capture, CaptureClock
 from hsid.pipeline.detector import (
@@ -91,6 +90,7 @@ from hsid.pipeline.detector import (
     decode,
 )
 from hsid.pipeline.orphans import covered_ids
+from hsid.pipeline.recognizer import Candidate, EntityRecognizer
 from hsid.pipeline.snapshots import (
     Upload,
     is_processed,
@@ -401,7 +401,7 @@ class DetectWorker:
 
     async def _recognise(self, tasks: list[ImageTask]) -> None:
         """Entities of the images' new person and vehicle detections, once all of them are
-        batched: best effort, it never raises (entities/recognizer.py)."""
+        batched: best effort, it never raises (pipeline/recognizer.py)."""
         if self._entities is None:
             return
         candidates = [

@@ -14,9 +14,9 @@ from onnx import TensorProto, helper
 from hsid.core.config import IMAGENET_MEAN, IMAGENET_STD, Config
 from hsid.core.errors import ConfigError
 from hsid.entities.embedder import Embedder, dominant_colours
-from hsid.entities.recognizer import EMBED_MARGIN
 from hsid.model_files.tiny_embedder import DIMENSIONS, expected_embedding, write_tiny_embedder
 from hsid.pipeline.detector import DecodedImage, Detector, ObjectDetection, decode
+from hsid.pipeline.recognizer import EMBED_MARGIN
 from hsid.pipeline.thumbnails import crop
 
 REAL_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "real"

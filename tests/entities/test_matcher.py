@@ -22,9 +22,9 @@ from hsid.core.config import Config, EntitiesConfig
 from hsid.entities.context import KnownEntity, entity_facts
 from hsid.entities.edits import delete_entity
 from hsid.entities.matcher import EntityMatcher, Sighting
-from hsid.entities.recognizer import Candidate, EntityRecognizer, load_embedders
 from hsid.model_files.tiny_embedder import write_tiny_embedder
 from hsid.pipeline.detector import DecodedImage, ObjectDetection, decode
+from hsid.pipeline.recognizer import Candidate, EntityRecognizer, load_embedders
 from tests import seed
 from tests.entities.entity_process import DIMENSIONS
 from tests.pipeline.samples import NIGHT, batch, person

@@ -23,12 +23,12 @@ from hsid.core.queues import ReliableQueue
 from hsid.core.runtime import Runtime
 from hsid.daemon.stages import _entity_recognizer
 from hsid.entities.embedder import Embedder
-from hsid.entities.recognizer import EntityRecognizer, load_embedders
 from hsid.model_files.tiny_detector import write_tiny_detector
 from hsid.model_files.tiny_embedder import write_tiny_embedder
 from hsid.pipeline.batcher import Batcher
 from hsid.pipeline.detect_worker import DetectWorker
 from hsid.pipeline.detector import Detector
+from hsid.pipeline.recognizer import EntityRecognizer, load_embedders
 from tests import seed
 from tests.pipeline.samples import snapshot
 from tests.support import eventually

@@ -3,7 +3,7 @@
 Runs after an image's detections are committed, announced and batched (detect_worker.py),
 for the person and vehicle detections of every image of an inference batch at once: the
 crops (the box plus EMBED_MARGIN) are cut and embedded in one worker thread, one model
-call per embedder, and matched by services/entities.EntityMatcher. Best effort: whatever
+call per embedder, and matched by entities/matcher.EntityMatcher. Best effort: whatever
 fails is logged (`entities_failed`) and costs only the entities; detections and events
 never wait for it, and the analyzer waits at most `entities.wait_seconds` for its result.
 It runs after the queue items are acknowledged, so detections of a daemon that dies in
