@@ -218,18 +218,21 @@ class Detector:
         return self._static_batch or self._config.batch_size
 
     def warm_up(self) -> None:
-        """One inference on blank images at the largest batch, uncounted; blocking.
+        """One inference on blank images, uncounted; blocking. Raises ConfigError when the
+        model cannot run at all, so that is a start-up error, not a crash on the first image.
 
-        TensorRT builds (or loads) its engine and CUDA picks its kernels on the first run,
-        which takes seconds to minutes: done here, before READY, not on the first snapshot.
-        Raises ConfigError when the model cannot run at all.
+        On a GPU it runs the largest batch: TensorRT builds (or loads) its engine and CUDA
+        picks its kernels on the first run of each shape, which takes seconds to minutes,
+        done here before READY rather than mid-stream. On the CPU one image is enough, and
+        the largest batch would leave onnxruntime's arena holding about 100 MB (the real
+        detector at batch 4) on an idle daemon.
         """
         if self._session is None:
             raise RuntimeError("Detector.warm_up() called before load()")
+        batch = self.max_batch if self.provider in GPU_PROVIDERS else 1
         blank = np.zeros((3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
         pixels = np.zeros((1, 1, 3), dtype=np.uint8)
-        images = [DecodedImage(blank, pixels, INPUT_SIZE, INPUT_SIZE, "image/png")] * \
-            self.max_batch
+        images = [DecodedImage(blank, pixels, INPUT_SIZE, INPUT_SIZE, "image/png")] * batch
         try:
             self._infer_batch(self._session, images, count=False)
         except TransientError as err:
