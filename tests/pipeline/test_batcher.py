@@ -6,11 +6,14 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import redis.asyncio as aioredis
 
-from hsid.core.config import BatchConfig
+from hsid.core.config import BatchConfig, Config
+from hsid.core.context import StageContext
 from hsid.core.keyspace import Keyspace
-from hsid.pipeline.batcher import Batcher, NewDetection
+from hsid.pipeline.batcher import Batcher, BatchSweeper, NewDetection
+from tests.support import eventually
 
 CAR = "car"
 
@@ -229,3 +232,36 @@ async def test_without_a_capture_time_or_a_recent_one_detections_join_the_live_b
     b = await batcher.add("yard", [det(2)], **taken(4))  # 4 minutes: a slow upload, not a backlog
     assert a == b
     assert not await redis.exists(keyspace.batch_backlog("yard"))
+
+
+async def test_the_sweeper_sleeps_with_nothing_open_and_wakes_for_a_filed_detection(
+    config: Config, db: asyncpg.Pool, redis: aioredis.Redis, keyspace: Keyspace,
+) -> None:
+    """An idle daemon's sweeper does not sweep every interval: it sleeps until its batcher
+    files a detection (or RECONCILE_CHECK_SECONDS), then keeps the batch's timers."""
+    config = config.with_overrides({"batch": {"idle_seconds": 0.3, "window_seconds": 60,
+                                              "sweep_interval_seconds": 0.05,
+                                              "fast_path_enabled": False}})
+    batcher = Batcher(config.batch, redis, keyspace)
+    sweeps = 0
+    real_sweep = batcher.sweep
+
+    async def counted() -> int:
+        nonlocal sweeps
+        sweeps += 1
+        return await real_sweep()
+
+    batcher.sweep = counted  # type: ignore[method-assign]
+    stopping = asyncio.Event()
+    task = asyncio.create_task(BatchSweeper(
+        StageContext(config, db, redis, keyspace, stopping=stopping), batcher).run())
+    try:
+        await asyncio.sleep(0.5)
+        assert sweeps == 1, "nothing open: one sweep at start, then sleep"
+        await batcher.add("porch", [det(1)])
+        await eventually(lambda: analysis_items(redis, keyspace), within=3.0,
+                         what="the batch closed by its idle timer")
+        assert sweeps >= 3, "with a batch open it swept at its interval"
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 2.0)
