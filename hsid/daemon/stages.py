@@ -72,9 +72,10 @@ async def _watch(runtime: Runtime) -> Stages:
 
 async def _detect(runtime: Runtime) -> Stages:
     from hsid.core.errors import ConfigError
-    from hsid.pipeline.batcher import Batcher, BatchSweeper
+    from hsid.pipeline.batcher import Batcher
     from hsid.pipeline.detect_worker import DetectWorker
     from hsid.pipeline.detector import Detector, engine_cache_root
+    from hsid.pipeline.sweeper import BatchSweeper
 
     context = StageContext.of(runtime)
     config, redis = context.config, context.redis

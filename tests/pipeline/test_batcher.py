@@ -12,7 +12,8 @@ import redis.asyncio as aioredis
 from hsid.core.config import BatchConfig, Config
 from hsid.core.context import StageContext
 from hsid.core.keyspace import Keyspace
-from hsid.pipeline.batcher import Batcher, BatchSweeper, NewDetection
+from hsid.pipeline.batcher import Batcher, NewDetection
+from hsid.pipeline.sweeper import BatchSweeper
 from tests.support import eventually
 
 CAR = "car"

@@ -25,11 +25,12 @@ from hsid.core.keyspace import Keyspace
 from hsid.core.queues import ReliableQueue
 from hsid.model_files.tiny_detector import write_tiny_detector
 from hsid.pipeline.analyze_worker import AnalyzeWorker
-from hsid.pipeline.batcher import Batcher, BatchSweeper
+from hsid.pipeline.batcher import Batcher
 from hsid.pipeline.capture_time import CaptureClock, arrival_time, name_time
 from hsid.pipeline.detect_worker import DetectWorker
 from hsid.pipeline.detector import Detector
 from hsid.pipeline.exif import exif_date
+from hsid.pipeline.sweeper import BatchSweeper
 from tests.pipeline.samples import jpeg, png, snapshot
 from tests.support import eventually
 

@@ -22,9 +22,10 @@ from hsid.core.constants import ANALYSIS_QUEUE
 from hsid.core.context import StageContext
 from hsid.core.keyspace import Keyspace
 from hsid.pipeline.analyze_worker import AnalyzeWorker
-from hsid.pipeline.batcher import Batcher, BatchSweeper, NewDetection
+from hsid.pipeline.batcher import Batcher, NewDetection
 from hsid.pipeline.orphans import rebatch_orphans
 from hsid.pipeline.schedule import FairQueue
+from hsid.pipeline.sweeper import BatchSweeper
 from tests.support import eventually
 
 CAMERA = "porch"

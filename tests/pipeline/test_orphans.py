@@ -22,7 +22,8 @@ from hsid.core.context import StageContext
 from hsid.core.keyspace import Keyspace
 from hsid.core.queues import ReliableQueue
 from hsid.pipeline.analyze_worker import AnalyzeWorker
-from hsid.pipeline.batcher import Batcher, BatchSweeper, NewDetection
+from hsid.pipeline.batcher import Batcher, NewDetection
+from hsid.pipeline.sweeper import BatchSweeper
 from tests.support import eventually
 
 CAMERA = "gate"
