@@ -30,6 +30,17 @@ from hsid.core.constants import SECURITY_EVENTS_CHANNEL, SYSTEM_STATUS_CHANNEL
 from hsid.core.context import StageContext
 from hsid.core.duty import Lock, run_duty
 from hsid.core.errors import STORE_ERRORS, NotFound, TransientError
+from hsid.core.messages import (
+    AlertData,
+    AlertMessage,
+    DetectionData,
+    DetectionMessage,
+    EventMessage,
+    MalformedItem,
+    SystemStatusData,
+    SystemStatusMessage,
+    decode_message,
+)
 from hsid.core.runtime import pause
 from hsid.homeassistant.discovery import (
     OBJECT_GROUPS,
@@ -231,7 +242,9 @@ class HomeAssistantPublisher:
             on = (camera_id, group) in self._on_until
             await self._publish(self._topics.camera(camera_id, group), ON if on else OFF)
         if event is not None:
-            await self._publish_risk(camera_id, dict(event, event_id=event["id"]))
+            await self._publish_risk(camera_id, event["risk_score"], risk_attributes(
+                event["id"], event["risk_level"], event["summary"], event["started_at"],
+                self._config.api.public_url))
         if latest is not None:
             self._want_image(camera_id, latest)
 
@@ -278,55 +291,55 @@ class HomeAssistantPublisher:
 
     async def _on_message(self, raw: bytes | str) -> None:
         try:
-            message = json.loads(raw)
-            kind, data = message["type"], message["data"]
-        except (ValueError, KeyError, TypeError):
+            message = decode_message(raw)
+        except MalformedItem as err:  # not ours to judge: the relays pass it on as it is
+            log.debug("homeassistant_message_ignored", reason=err.reason)
             return
-        if not isinstance(data, dict):
+        if isinstance(message, SystemStatusMessage):
+            await self._on_status(message.data)
             return
-        if kind == "system_status":
-            await self._on_status(data)
-            return
-        camera_id = data.get("camera_id")
-        if not isinstance(camera_id, str):
+        camera_id = message.data.camera_id
+        if camera_id is None:
             return
         if camera_id not in self._cameras:
             await self._sync_cameras()  # a camera the pipeline names before the sync did
             if camera_id not in self._cameras:
                 return
-        if kind == "detection":
-            await self._on_detection(camera_id, data)
-        elif kind == "event":
-            await self._publish_risk(camera_id, data)
-        elif kind == "alert":
-            await self._on_alert(camera_id, data)
+        if isinstance(message, DetectionMessage):
+            await self._on_detection(camera_id, message.data)
+        elif isinstance(message, EventMessage):
+            data = message.data
+            await self._publish_risk(camera_id, data.risk_score, risk_attributes(
+                data.event_id, data.risk_level, data.summary, data.started_at,
+                self._config.api.public_url))
+        elif isinstance(message, AlertMessage):
+            await self._on_alert(camera_id, message.data)
 
-    async def _on_detection(self, camera_id: str, data: dict[str, Any]) -> None:
+    async def _on_detection(self, camera_id: str, data: DetectionData) -> None:
         if is_backlog(data, self._config.batch.backlog_seconds):  # nobody is there now
             return
-        detections = [d for d in data.get("detections") or [] if isinstance(d, dict)]
         until = time.monotonic() + self._config.mqtt.clear_seconds
-        for group in {group_of(d.get("object_type")) for d in detections} - {None}:
+        for group in {group_of(d.object_type) for d in data.detections} - {None}:
             assert group is not None
             was_on = (camera_id, group) in self._on_until
             self._on_until[(camera_id, group)] = until
             if not was_on:
                 await self._publish(self._topics.camera(camera_id, group), ON)
-        ids = [d["id"] for d in detections if isinstance(d.get("id"), int)]
-        if ids:
-            self._want_image(camera_id, ids[0])
+        if data.detections:
+            self._want_image(camera_id, data.detections[0].id)
 
-    async def _publish_risk(self, camera_id: str, data: dict[str, Any]) -> None:
-        await self._publish(self._topics.camera(camera_id, "risk"), str(data.get("risk_score")))
-        await self._publish(self._topics.camera(camera_id, "risk/attributes"), json.dumps(
-            risk_attributes(data, self._config.api.public_url)))
+    async def _publish_risk(self, camera_id: str, risk_score: int | None,
+                            attributes: dict[str, Any]) -> None:
+        await self._publish(self._topics.camera(camera_id, "risk"), str(risk_score))
+        await self._publish(self._topics.camera(camera_id, "risk/attributes"),
+                            json.dumps(attributes))
 
-    async def _on_alert(self, camera_id: str, data: dict[str, Any]) -> None:
+    async def _on_alert(self, camera_id: str, data: AlertData) -> None:
         # Not retained: an event fires once, and a retained one would fire again on restart.
         await self._publish(self._topics.camera(camera_id, "alert"), json.dumps(
             alert_event(data, self._config.api.public_url)), retain=False)
 
-    async def _on_status(self, data: dict[str, Any]) -> None:
+    async def _on_status(self, data: SystemStatusData) -> None:
         for key, value in hub_values(data).items():
             if self._hub.get(key) != value:
                 self._hub[key] = value

@@ -34,7 +34,8 @@ pytestmark = needs_broker
 
 async def publish(redis: aioredis.Redis, keyspace: Keyspace, kind: str, data: dict,
                   channel: str = SECURITY_EVENTS_CHANNEL) -> None:
-    """A message as the pipeline publishes it, once the publisher listens."""
+    """A message as the pipeline publishes it (the whole shape: core/messages.py decodes
+    it, and the publisher ignores one that is not), once the publisher listens."""
     name = keyspace.channel(channel)
 
     async def listened() -> bool:
@@ -116,7 +117,8 @@ async def test_person_on_then_off_risk_snapshot_and_alert_follow_the_pipeline(
                           "snapshot_url": "https://hsid.example.net/api/events/7/snapshot"}
 
     await publish(redis, keyspace, "alert", {
-        "id": "a1", "event_id": 7, "rule_id": None, "severity": "high", "rule_name": "Night",
+        "id": "a1", "event_id": 7, "rule_id": None, "severity": "high",
+        "created_at": now.isoformat(), "dedup_key": "front_door:person", "rule_name": "Night",
         "camera_id": "front_door", "risk_score": 82, "risk_level": "high",
         "summary": "A person at the door", "started_at": now.isoformat()})
     fired = json.loads(await broker.wait_for(topics.camera("front_door", "alert")))
@@ -155,8 +157,10 @@ async def test_hub_sensors_follow_the_system_status(
     await broker.wait_for(topics.inventory)
 
     await publish(redis, keyspace, "system_status", {
-        "health": "healthy", "queues": {"detection_queue": 2, "analysis_queue": 1},
-        "detector": {"provider": "CPUExecutionProvider"}, "inference_fps": 12.5},
+        "health": "healthy", "database": {}, "redis": {}, "stages": {},
+        "queues": {"detection_queue": 2, "analysis_queue": 1}, "dlq": {},
+        "detector": {"provider": "CPUExecutionProvider"}, "inference_fps": 12.5,
+        "uptime_seconds": 5, "timestamp": "2026-11-26T02:14:09.000Z"},
         channel=SYSTEM_STATUS_CHANNEL)
 
     assert await broker.wait_for(topics.hub("queue_depth")) == b"3"
