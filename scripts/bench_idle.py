@@ -30,14 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import throwaway_stores, wait_healthy
+from benchlib import CLOCK_TICKS, process_ticks, throwaway_stores, wait_healthy
 
 from hsid.model_files.tiny_detector import write_tiny_detector
 
 PORT = 18767
 REAL_DETECTOR = (Path(__file__).resolve().parents[2] / "shared" / "real" / "models"
                  / "yolov8n_rtdetr_iface.onnx")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 TARGET_PERCENT = 0.5  # of one core, the bar
 
 
@@ -49,7 +48,6 @@ class Reading:
 
     @classmethod
     def now(cls, pid: int) -> Reading:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         switches = 0
         for task in Path(f"/proc/{pid}/task").iterdir():
             try:
@@ -58,7 +56,7 @@ class Reading:
                 continue
             switches += sum(int(line.split()[1]) for line in status.splitlines()
                             if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))
-        return cls(time.monotonic(), int(fields[11]) + int(fields[12]), switches)
+        return cls(time.monotonic(), process_ticks(pid=pid), switches)
 
 
 def memory(pid: int) -> tuple[float, int]:

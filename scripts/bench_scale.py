@@ -43,7 +43,15 @@ import asyncpg
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import frame, percentile, stage_shares, throwaway_stores, wait_healthy
+from benchlib import (
+    CLOCK_TICKS,
+    frame,
+    percentile,
+    process_ticks,
+    stage_shares,
+    throwaway_stores,
+    wait_healthy,
+)
 
 from hsid.core.config import Config
 from hsid.core.constants import ANALYSIS_QUEUE, DETECTION_QUEUE
@@ -55,7 +63,6 @@ PORT = 18766
 P95_LIMIT_SECONDS = 2.0  # the issue's bar for "sustained"
 DRAIN_SECONDS = 20.0  # after the last upload, how long late detection messages may arrive
 FRAMES = 24  # distinct encoded pictures, made unique per upload by a JPEG comment
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def unique(jpeg: bytes, number: int) -> bytes:
@@ -108,23 +115,6 @@ async def sample_depths(redis: aioredis.Redis, keyspace: Keyspace, run: Run) -> 
             depths = await pipe.llen(detection).llen(analysis).execute()
         run.depths.append((time.time(), int(depths[0]), int(depths[1])))
         await asyncio.sleep(1.0)
-
-
-def process_ticks(names: tuple[str, ...] = (), pid: int | None = None) -> int:
-    """CPU clock ticks (user + system) of process `pid`, or of every process whose name
-    starts with one of `names` (all users)."""
-    total = 0
-    for proc in [Path(f"/proc/{pid}")] if pid else Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if pid or stat[stat.index("(") + 1:stat.rindex(")")].startswith(names):
-            fields = stat[stat.rindex(")") + 2:].split()
-            total += int(fields[11]) + int(fields[12])
-    return total
 
 
 @dataclass(frozen=True)

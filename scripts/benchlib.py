@@ -187,3 +187,24 @@ def photo_copies(folders: list[Path], dest: Path, count: int) -> list[Path]:
                                                   if repeat else b""))
         copies.append(target)
     return copies
+
+
+# /proc/<pid>/stat counts CPU time in clock ticks of this many per second.
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_ticks(names: tuple[str, ...] = (), pid: int | None = None) -> int:
+    """CPU clock ticks (user + system, all threads) of process `pid`, or of every process
+    whose name starts with one of `names` (all users), from /proc/<pid>/stat."""
+    total = 0
+    for proc in [Path(f"/proc/{pid}")] if pid else Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if pid or stat[stat.index("(") + 1:stat.rindex(")")].startswith(names):
+            fields = stat[stat.rindex(")") + 2:].split()
+            total += int(fields[11]) + int(fields[12])
+    return total

@@ -266,7 +266,7 @@ class Watcher:
             if self._tracker.pending():
                 await self._pause(CHECK_INTERVAL_SECONDS)
             else:
-                await pause(self._stopping, IDLE_CHECK_SECONDS, wake=self._tracked)
+                await self._pause(IDLE_CHECK_SECONDS, wake=self._tracked)
 
     async def _check_pending(self) -> None:
         paths = self._tracker.pending()
@@ -394,9 +394,10 @@ class Watcher:
             self._tracker.forget_taken()
             await self._track_existing([self._root])
 
-    async def _pause(self, seconds: float) -> bool:
-        """Sleep up to `seconds`; True (at once) when the daemon is stopping."""
-        return await pause(self._stopping, seconds)
+    async def _pause(self, seconds: float, wake: asyncio.Event | None = None) -> bool:
+        """Sleep up to `seconds`, or until `wake` is set; True (at once) when the daemon is
+        stopping."""
+        return await pause(self._stopping, seconds, wake)
 
 
 async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
