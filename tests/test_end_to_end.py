@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port
 from tests.support import Daemon, http_json, wait_for
+from tests.test_daemon import daemon_env
 
 
 def jpeg(patches: list[tuple[tuple[int, int, int, int], tuple[int, int, int]]]) -> bytes:
@@ -81,18 +82,15 @@ async def test_uploaded_images_become_events_on_the_websocket_and_in_the_databas
     camera.mkdir()
     hooks: asyncio.Queue[dict] = asyncio.Queue()
     receiver = await webhook_receiver(hooks)
-    env = {
-        "DATABASE_URL": fresh_database_url, "REDIS_URL": redis_url,
-        "HSID_REDIS__PREFIX": redis_prefix,
-        "HSID_PATHS__CAMERA_ROOT": str(camera_root), "HSID_PATHS__STATE_DIR": str(state_dir),
-        "HSID_API__PORT": str(port),
+    env = daemon_env(fresh_database_url, redis_url, redis_prefix, camera_root, state_dir,
+                     port, **{
         "HSID_DETECTOR__MODEL": str(test_models["detector"]),
         "HSID_ANALYZER__MODEL": str(test_models["llm"]) if llm else "",
         "HSID_BATCH__WINDOW_SECONDS": "3", "HSID_BATCH__IDLE_SECONDS": "1",
         "HSID_BATCH__SWEEP_INTERVAL_SECONDS": "0.2",
         "HSID_ALERTS__WEBHOOK_URL": str(receiver.make_url("/hook")),
         "HSID_ALERTS__POLL_SECONDS": "0.2",
-    }
+    })
     daemon = Daemon(env, ["run"], tmp_path / "daemon.log")
     try:
         wait_for(lambda: http_json(f"http://127.0.0.1:{port}/api/system/health")[0] == 200,

@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from hsid.core.config import DetectorConfig, load_config
 from tests.conftest import REPO_ROOT, free_port
 from tests.support import Daemon, eventually, http_json, wait_for
+from tests.test_daemon import daemon_env
 
 REAL_DIR = REPO_ROOT.parent / "shared" / "real"
 MODEL = REAL_DIR / "models" / "yolov8n_rtdetr_iface.onnx"
@@ -173,16 +174,13 @@ async def test_real_images_stored_as_the_model_detects_them_each_in_one_event(
     camera_root: Path, state_dir: Path,
 ) -> None:
     port = free_port()
-    env = {
-        "DATABASE_URL": fresh_database_url, "REDIS_URL": redis_url,
-        "HSID_REDIS__PREFIX": redis_prefix,
-        "HSID_PATHS__CAMERA_ROOT": str(camera_root), "HSID_PATHS__STATE_DIR": str(state_dir),
-        "HSID_API__PORT": str(port),
+    env = daemon_env(fresh_database_url, redis_url, redis_prefix, camera_root, state_dir,
+                     port, **{
         "HSID_DETECTOR__MODEL": str(MODEL),
         "HSID_ANALYZER__MODEL": "",
         "HSID_BATCH__WINDOW_SECONDS": "3", "HSID_BATCH__IDLE_SECONDS": "1",
         "HSID_BATCH__SWEEP_INTERVAL_SECONDS": "0.2",
-    }
+    })
     images = await asyncio.to_thread(read_uploads, camera_root)
     daemon = Daemon(env, ["run"], tmp_path / "daemon.log")
     started = time.monotonic()

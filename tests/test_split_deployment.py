@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from tests.conftest import free_port
 from tests.support import Daemon, eventually, http_json, wait_for
+from tests.test_daemon import daemon_env
 
 RED, BLUE = (0, 0, 255), (255, 0, 0)  # BGR: the tiny detector sees a person, a car
 
@@ -98,17 +99,14 @@ async def test_split_processes_detect_every_upload_once_and_survive_kill_9(
 ) -> None:
     # `redis` (flushed) keeps other tests' dedupe keys and queues out of this one.
     port = free_port()
-    env = {
-        "DATABASE_URL": fresh_database_url, "REDIS_URL": redis_url,
-        "HSID_REDIS__PREFIX": redis_prefix,
-        "HSID_PATHS__CAMERA_ROOT": str(camera_root), "HSID_PATHS__STATE_DIR": str(state_dir),
-        "HSID_API__PORT": str(port),
+    env = daemon_env(fresh_database_url, redis_url, redis_prefix, camera_root, state_dir,
+                     port, **{
         "HSID_DETECTOR__MODEL": str(test_models["detector"]),
         "HSID_ANALYZER__MODEL": "",
         "HSID_BATCH__WINDOW_SECONDS": "2", "HSID_BATCH__IDLE_SECONDS": "0.5",
         "HSID_BATCH__SWEEP_INTERVAL_SECONDS": "0.1",
         "HSID_QUEUES__RETRY_BASE_SECONDS": "0.1",
-    }
+    })
     cameras = [camera_root / "Front Door", camera_root / "garage"]
     for camera in cameras:
         camera.mkdir()
